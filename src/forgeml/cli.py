@@ -1,0 +1,179 @@
+"""The command line: one thin function per command; each imports its stage lazily.
+
+A user error (ForgeError) prints one line on stderr and exits with code 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from forgeml.errors import ForgeError
+
+app = typer.Typer(
+    name="forgeml",
+    help="From a dataset to a trained, evaluated model. Start with: forgeml train examples/mnist_cnn.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Check, show and describe experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+_state = {"debug": False}
+
+SetOption = typer.Option(None, "--set", help="Override a config value: --set train.lr=0.01 (repeatable).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"forgeml {version('forgeml')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+
+
+# --------------------------------------------------------------------------------------------------
+# train / evaluate / predict
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: <output.dir>/<name>)."),
+    overrides: Optional[List[str]] = SetOption,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run from its newest complete checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Train a model and write a run directory."""
+    from forgeml.train.job import train as run_training
+
+    if resume is not None and out is not None and out.resolve() != resume.resolve():
+        raise ForgeError("give either --out (a new run) or --resume (an existing run), not both")
+    run_training(config, out=out, overrides=overrides or [], resume=resume, overwrite=overwrite)
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run directory."),
+    split: str = typer.Option("test", "--split", help="train, validation or test."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Evaluate a run on a split: accuracy, macro precision/recall/F1 and the confusion matrix, or MSE, MAE and R²."""
+    from forgeml.evaluate import run as run_evaluation
+
+    result = run_evaluation(run, split)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    _print_evaluation(result, run)
+
+
+def _print_evaluation(result: Any, run: Path) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 100))
+    console.print(f"{run}: {result.split} split, {result.rows:,} examples")
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    if result.confusion_matrix is not None and len(result.label_names) <= 20:
+        matrix = Table(title="confusion matrix (rows: true, columns: predicted)", box=box.SIMPLE_HEAD, padding=(0, 1))
+        matrix.add_column("")
+        for name in result.label_names:
+            matrix.add_column(name, justify="right")
+        matrix.add_column("recall", justify="right")
+        for name, row in zip(result.label_names, result.confusion_matrix):
+            matrix.add_row(name, *(str(v) for v in row), f"{result.per_class[name]['recall']:.3f}")
+        matrix.add_row("prec.", *(f"{result.per_class[n]['precision']:.2f}" for n in result.label_names), "")
+        console.print(matrix)
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    inputs: List[Path] = typer.Argument(..., help="A CSV file with the input columns, or image files."),
+) -> None:
+    """Predict raw inputs; prints one JSON object per line (label and probabilities, or value)."""
+    from forgeml.predictor import load
+
+    predictor = load(run)
+    table = predictor.to_table([str(p) for p in inputs])
+    names = list(table.origins) if len(table.origins) == len(table) else None
+    for index, prediction in enumerate(predictor.predict(table)):
+        source = names[index] if names else f"{table.origins[table.origin_index[index]]}:{int(table.line[index])}"
+        typer.echo(json.dumps({"input": source, **prediction}))
+
+
+# --------------------------------------------------------------------------------------------------
+# config
+
+
+@config_app.command("validate")
+def config_validate(file: Path = typer.Argument(..., help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
+    """Check a config; prints 'ok' or what is wrong, with the YAML path."""
+    from forgeml.config import load_config
+
+    cfg = load_config(file, overrides or [])
+    typer.echo(f"{file}: ok ({cfg.model.type} on {cfg.data.source.type})")
+
+
+@config_app.command("show")
+def config_show(file: Path = typer.Argument(..., help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
+    """Print the fully resolved config, with every default filled in."""
+    from forgeml.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(file, overrides or [])), nl=False)
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of configs (for editors: yaml-language-server)."""
+    from forgeml.config import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``forgeml`` command."""
+    try:
+        app(standalone_mode=False)
+    except ForgeError as exc:
+        if _state["debug"]:
+            raise
+        message = " ".join(str(exc).split("\n")) if str(exc).count("\n") == 0 else str(exc)
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click's usage errors and aborts
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise

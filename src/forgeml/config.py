@@ -1,0 +1,346 @@
+"""The experiment config: one strict pydantic schema for data, model, training and output.
+
+The root schema is assembled from the registries (sources, features, models), whose members each
+own their config class. This module never imports torch at import time.
+
+    cfg = load_config("examples/mnist_cnn.yaml", overrides=["train.lr=0.01"])
+    print(dump_config(cfg))
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+from forgeml.errors import ConfigError
+from forgeml.registry import FEATURES, MODELS, SOURCES
+
+
+class Section(BaseModel):
+    """Base of every config class: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(Section):
+    """How rows are divided into train / validation / test."""
+
+    validation: float = Field(0.1, ge=0, lt=1, description="Fraction of rows held out for validation.")
+    test: float = Field(0.1, ge=0, lt=1, description="Fraction of rows held out for the final test.")
+    column: Optional[str] = Field(
+        None, description="Column whose values (train / validation / test) assign each row; overrides the fractions."
+    )
+    stratify: bool = Field(True, description="Keep class proportions equal across splits (classification only).")
+
+
+class DataSection(Section):
+    """Where the rows come from and what the model sees of them."""
+
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="A row that cannot be read: stop with an error naming it, or skip and count it."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig, description="Train / validation / test split.")
+
+    @field_validator("source", mode="before", check_fields=False)
+    @classmethod
+    def _builtin_shorthand(cls, value: Any) -> Any:
+        # `source: mnist5k` is short for `source: {type: builtin, name: mnist5k}`
+        return {"type": "builtin", "name": value} if isinstance(value, str) else value
+
+
+class EarlyStopping(Section):
+    """Stop when the monitored validation metric stops improving."""
+
+    patience: int = Field(5, ge=1, description="Evaluations without improvement before training stops.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
+
+
+class TrainConfig(Section):
+    """The training loop: optimisation, schedule, precision, evaluation and checkpoints."""
+
+    epochs: int = Field(10, ge=1, description="Passes over the training split (training stops at epochs or max_steps).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps at most (training stops at epochs or max_steps).")
+    batch_size: Union[int, Literal["full"]] = Field(
+        64, description="Examples per optimizer step ('full': the whole training split, plain gradient descent)."
+    )
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="The optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam / AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (decoupled for AdamW, L2 for SGD and Adam).")
+    schedule: Literal["constant", "step", "cosine"] = Field("constant", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0 to lr.")
+    step_every: int = Field(1000, ge=1, description="'step' schedule: multiply lr by gamma every this many steps.")
+    gamma: float = Field(0.1, gt=0, le=1, description="'step' schedule: factor applied every step_every steps.")
+    min_lr: float = Field(0.0, ge=0, description="'cosine' schedule: learning rate at the last step.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing for classification.")
+    grad_clip: Optional[float] = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+    monitor: str = Field("loss", description="Validation metric used for best weights and early stopping (loss, accuracy, f1_macro, mse, ...).")
+    keep_best: bool = Field(True, description="Finish with the weights that scored best on `monitor` (needs a validation split).")
+    early_stopping: Optional[EarlyStopping] = Field(None, description="Stop when `monitor` stops improving; null: never.")
+    eval_every: Optional[int] = Field(None, ge=1, description="Evaluate on validation every this many steps; null: each epoch.")
+    log_every: int = Field(10, ge=1, description="Log training loss every this many steps.")
+    checkpoint_every: Optional[int] = Field(None, ge=1, description="Checkpoint every this many steps; null: each epoch. Always at the end.")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+    device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp32; bf16 autocast; fp16 autocast with a GradScaler (CUDA only).")
+    deterministic: bool = Field(False, description="Use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway).")
+    eval_batch_size: int = Field(512, ge=1, description="Batch size for evaluation and prediction.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"{value!r} is not one of: auto, cpu, cuda, cuda:N, mps")
+
+
+class OutputConfig(Section):
+    """Where the run directory goes."""
+
+    dir: str = Field("runs", description="Parent directory of run directories.")
+
+
+class ConfigBase(Section):
+    """The root of an experiment config."""
+
+    name: str = Field("run", description="Run name: the run directory is <output.dir>/<name>.")
+    seed: int = Field(0, description="Seed for the split, initialisation, shuffling and dropout.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs are written.")
+
+
+def _union(configs: list[type[BaseModel]]) -> Any:
+    members = tuple(configs)
+    if len(members) == 1:
+        return members[0]
+    return Annotated[Union[members], Field(discriminator="type")]  # type: ignore[valid-type]
+
+
+@functools.cache
+def root_model() -> type[ConfigBase]:
+    """The root config class, with every registered source, feature and model type."""
+    feature = _union(FEATURES.configs())
+    data = create_model(
+        "DataConfig",
+        __base__=DataSection,
+        source=(_union(SOURCES.configs()), Field(description="Where rows come from (type: builtin, csv, inline).")),
+        features=(
+            Optional[list[feature]],  # type: ignore[valid-type]
+            Field(None, description="Input columns and how each is encoded; null: the source's defaults."),
+        ),
+        target=(Optional[feature], Field(None, description="The column to predict; null: the source's default.")),
+    )
+    return create_model(
+        "Config",
+        __base__=ConfigBase,
+        data=(data, Field(description="The data: source, features, target, split.")),
+        model=(_union(MODELS.configs()), Field(description="The architecture (type: linear, mlp, cnn).")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# loading, overrides, errors
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys (data, model, train, ...)")
+    return data
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node: Any = raw
+        parts = key.strip().split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} has no item {part}")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+    return raw
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional / Annotated / list wrappers down to the class or union underneath."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin is Union:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) == 1:
+                annotation = args[0]
+            else:
+                return annotation
+        else:
+            return annotation
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
+    """Follow a pydantic error location through the schema.
+
+    Returns the user-facing dotted path (union tags removed), the model class that holds the last
+    key (or None), and the annotation found at the end of the location (or None).
+    """
+    current: Any = root_model()
+    parts: list[str] = []
+    holder: Any = None
+    for item in loc:
+        current = _unwrap(current)
+        if typing.get_origin(current) is Union:
+            members = typing.get_args(current)
+            if all(isinstance(m, type) and issubclass(m, BaseModel) for m in members):
+                # discriminated union: the location names the tag
+                match = [m for m in members if m.model_fields["type"].annotation.__args__ == (item,)]
+                if match:
+                    current = match[0]
+                    continue
+            else:  # a plain union such as int | 'full': the location names the member tried
+                return ".".join(parts), holder, current
+        if typing.get_origin(current) in (list, tuple) and isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+            args = typing.get_args(current)
+            current = args[0] if args else None
+            continue
+        parts.append(str(item))
+        if isinstance(current, type) and issubclass(current, BaseModel) and item in current.model_fields:
+            holder, current = current, current.model_fields[item].annotation
+        else:
+            holder, current = (current if isinstance(current, type) else None), None
+    return ".".join(parts) or "(top level)", holder, current
+
+
+def _choices(annotation: Any) -> list[str] | None:
+    annotation = _unwrap(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return [str(a) for a in typing.get_args(annotation)]
+    if typing.get_origin(annotation) is Union:
+        literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is Literal]
+        if literals:
+            return [str(v) for lit in literals for v in typing.get_args(lit)]
+    return None
+
+
+def format_validation_error(exc: ValidationError, origin: str = "config") -> str:
+    """Turn a pydantic error into lines that name the YAML path and what is allowed."""
+    lines = []
+    for err in exc.errors():
+        kind, loc = err["type"], tuple(err["loc"])
+        if kind.startswith("union_tag"):
+            path, _, annotation = _walk(loc)
+            members = typing.get_args(_unwrap(annotation)) if annotation is not None else ()
+            tags = ", ".join(m.model_fields["type"].annotation.__args__[0] for m in members)
+            if kind == "union_tag_invalid":
+                lines.append(f"{path}.type: {err['ctx']['tag']!r} is not one of: {tags}")
+            else:
+                lines.append(f"{path}: needs a `type`, one of: {tags}")
+            continue
+        path, holder, annotation = _walk(loc)
+        if kind == "extra_forbidden":
+            allowed = ", ".join(holder.model_fields) if holder is not None else "?"
+            lines.append(f"{path}: unknown key; allowed keys here: {allowed}")
+        elif kind == "missing":
+            lines.append(f"{path}: required, but missing")
+        elif typing.get_origin(annotation) is Union:
+            options = [
+                " or ".join(repr(v) for v in typing.get_args(m)) if typing.get_origin(m) is Literal else getattr(m, "__name__", str(m))
+                for m in typing.get_args(annotation)
+            ]
+            lines.append(f"{path}: {err['input']!r} is not valid; expected {' or '.join(options)}")
+        elif kind in ("literal_error", "enum") or (kind.endswith("_type") and _choices(annotation)):
+            choices = _choices(annotation) or []
+            lines.append(f"{path}: {err['input']!r} is not one of: {', '.join(choices)}")
+        elif kind == "value_error":
+            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+        else:
+            lines.append(f"{path}: {err['msg']} (got {err['input']!r})")
+    return "\n".join(f"{origin}: {line}" for line in dict.fromkeys(lines))
+
+
+def validate_config(raw: dict[str, Any], origin: str = "config") -> Any:
+    """Validate a nested dict into the root config, raising ConfigError with readable lines."""
+    try:
+        return root_model().model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin)) from None
+
+
+def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list[str] | None = None) -> Any:
+    """Load a config from a YAML path, a dict or a config object, then apply ``--set`` overrides.
+
+    Args:
+        source: path to a YAML file, a nested dict, or an already validated config.
+        overrides: ``key.path=value`` strings; values are parsed as YAML.
+
+    Returns:
+        The validated root config (defaults filled in).
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a value is invalid; the message names the
+            YAML path and lists what is allowed.
+    """
+    if isinstance(source, BaseModel):
+        raw: dict[str, Any] = source.model_dump(mode="json")
+        origin = "config"
+    elif isinstance(source, dict):
+        raw, origin = yaml.safe_load(yaml.safe_dump(source)), "config"  # deep copy, plain types
+    else:
+        raw, origin = read_yaml(source), str(source)
+        raw.setdefault("name", Path(source).stem)
+    apply_overrides(raw, overrides or [])
+    return validate_config(raw, origin)
+
+
+def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
+    """The fully resolved config as plain data (defaults filled in)."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The fully resolved config as YAML, in schema order."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config, for editors (e.g. the YAML language server)."""
+    schema = root_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "forgeml experiment config"
+    return schema

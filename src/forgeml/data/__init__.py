@@ -1,0 +1,1 @@
+"""Data: sources that read rows, features that encode them, splits and in-memory batches."""

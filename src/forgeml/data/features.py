@@ -1,0 +1,442 @@
+"""Features: how a raw column becomes numbers the model sees.
+
+Each feature type registers under its YAML ``type`` with its config class, and follows one life
+cycle: ``parse`` raw values (no fitted state; marks bad rows), ``fit`` on the training split only,
+``transform`` to arrays, and ``state``/``load_state`` to round-trip the fitted statistics through
+JSON. ``Features`` bundles the input features and the target, and is what ``features.json`` holds.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from forgeml.config import Section
+from forgeml.data.table import Table
+from forgeml.errors import DataError
+from forgeml.registry import FEATURES
+
+MISSING = {"", "na", "nan", "null", "none", "n/a"}
+
+
+class Parsed:
+    """Parsed values of one column, with the rows that could not be read and why."""
+
+    def __init__(self, values: np.ndarray, bad: np.ndarray | None = None, reasons: dict[int, str] | None = None):
+        self.values = values
+        self.bad = np.zeros(len(values), dtype=bool) if bad is None else bad
+        self.reasons = reasons or {}
+
+
+def _natural_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+# --------------------------------------------------------------------------------------------------
+# number
+
+
+class NumberConfig(Section):
+    """A numeric column."""
+
+    type: Literal["number"]
+    name: str = Field(description="Column name.")
+    normalize: Literal["standard", "minmax", "none"] = Field(
+        "standard", description="standard: (x - mean) / std; minmax: to [0, 1]; none: as is. Fitted on the training split."
+    )
+
+
+@FEATURES.register("number", NumberConfig)
+class NumberFeature:
+    kind = "vector"
+
+    def __init__(self, cfg: NumberConfig):
+        self.cfg = cfg
+        self.shift, self.scale = 0.0, 1.0
+        self.width = 1
+
+    def parse(self, column: np.ndarray, table: Table) -> Parsed:
+        if column.dtype != object:
+            values = column.astype(np.float64)
+            bad = ~np.isfinite(values)
+            return Parsed(values, bad, {int(i): "missing or not finite" for i in np.flatnonzero(bad)})
+        values = np.zeros(len(column), dtype=np.float64)
+        bad = np.zeros(len(column), dtype=bool)
+        reasons: dict[int, str] = {}
+        for i, raw in enumerate(column):
+            text = "" if raw is None else str(raw).strip()
+            if text.lower() in MISSING:
+                bad[i], reasons[i] = True, "missing value"
+                continue
+            try:
+                values[i] = float(text)
+            except ValueError:
+                bad[i], reasons[i] = True, f"cannot read {text!r} as a number"
+                continue
+            if not math.isfinite(values[i]):
+                bad[i], reasons[i] = True, f"{text!r} is not a finite number"
+        return Parsed(values, bad, reasons)
+
+    def fit(self, values: np.ndarray) -> None:
+        if self.cfg.normalize == "standard":
+            std = float(values.std())
+            self.shift, self.scale = float(values.mean()), std if std > 0 else 1.0
+        elif self.cfg.normalize == "minmax":
+            low, high = float(values.min()), float(values.max())
+            self.shift, self.scale = low, (high - low) if high > low else 1.0
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.shift) / self.scale).astype(np.float32).reshape(-1, 1)
+
+    def inverse(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded.astype(np.float64) * self.scale + self.shift
+
+    def state(self) -> dict[str, Any]:
+        return {"shift": self.shift, "scale": self.scale}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.shift, self.scale = float(state["shift"]), float(state["scale"])
+
+
+# --------------------------------------------------------------------------------------------------
+# category
+
+
+class CategoryConfig(Section):
+    """A column of labels: one-hot encoded as an input, class indices as a target."""
+
+    type: Literal["category"]
+    name: str = Field(description="Column name.")
+    min_count: int = Field(1, ge=1, description="Input only: values seen fewer times in training go to the unknown bucket.")
+
+
+@FEATURES.register("category", CategoryConfig)
+class CategoryFeature:
+    kind = "vector"
+    UNKNOWN = "<unknown>"
+
+    def __init__(self, cfg: CategoryConfig):
+        self.cfg = cfg
+        self.vocabulary: list[str] = []
+        self.as_target = False
+
+    @property
+    def width(self) -> int:
+        return len(self.vocabulary)
+
+    def parse(self, column: np.ndarray, table: Table) -> Parsed:
+        if column.dtype.kind in "iub":
+            return Parsed(np.array([str(v) for v in column], dtype=object))
+        values = np.empty(len(column), dtype=object)
+        bad = np.zeros(len(column), dtype=bool)
+        reasons: dict[int, str] = {}
+        for i, raw in enumerate(column):
+            if isinstance(raw, float) and raw.is_integer():
+                raw = int(raw)
+            text = "" if raw is None else str(raw).strip()
+            if text == "" or (isinstance(raw, float) and math.isnan(raw)):
+                bad[i], reasons[i] = True, "missing value"
+            values[i] = text
+        return Parsed(values, bad, reasons)
+
+    def fit(self, values: np.ndarray) -> None:
+        names, counts = np.unique(values.astype(str), return_counts=True)
+        kept = [str(n) for n, c in zip(names, counts) if self.as_target or c >= self.cfg.min_count]
+        kept.sort(key=_natural_key)
+        self.vocabulary = kept if self.as_target else [self.UNKNOWN, *kept]
+
+    def indices(self, values: np.ndarray, table: Table | None = None) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.vocabulary)}
+        out = np.empty(len(values), dtype=np.int64)
+        for i, value in enumerate(values):
+            index = lookup.get(str(value))
+            if index is None:
+                if self.as_target:
+                    where = f"{table.where(i)}: " if table is not None else ""
+                    raise DataError(
+                        f"{where}column {self.cfg.name!r}: label {value!r} never occurs in the training split "
+                        f"(known: {', '.join(self.vocabulary[:20])})"
+                    )
+                index = 0
+            out[i] = index
+        return out
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return np.eye(self.width, dtype=np.float32)[self.indices(values)]
+
+    def state(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.vocabulary = list(state["vocabulary"])
+
+
+# --------------------------------------------------------------------------------------------------
+# image
+
+
+class ImageConfig(Section):
+    """An image: an array column (built-in datasets) or a column of image file paths (PNG, JPEG, ...)."""
+
+    type: Literal["image"]
+    name: str = Field(description="Column name.")
+    size: Optional[tuple[int, int]] = Field(None, description="Resize to [height, width]; null: the size of the first image.")
+    channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey) or 3 (RGB); null: from the data.")
+    normalize: Literal["standard", "none"] = Field(
+        "standard", description="standard: per-channel mean/std fitted on the training split; none: pixels in [0, 1]."
+    )
+
+
+@FEATURES.register("image", ImageConfig)
+class ImageFeature:
+    kind = "image"
+
+    def __init__(self, cfg: ImageConfig):
+        self.cfg = cfg
+        self.mean: list[float] = []
+        self.std: list[float] = []
+        self.shape: tuple[int, int, int] | None = None  # C, H, W after parsing
+
+    def _as_chw(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim == 2:
+            image = image[:, :, None]
+        channels = self.cfg.channels or (self.shape[0] if self.shape else image.shape[2])
+        if image.shape[2] != channels:
+            image = image.mean(axis=2, keepdims=True) if channels == 1 else np.repeat(image[:, :, :1], 3, axis=2)
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+    def _resize(self, images: np.ndarray) -> np.ndarray:
+        if self.cfg.size is None or tuple(images.shape[-2:]) == tuple(self.cfg.size):
+            return images
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(images), size=tuple(self.cfg.size), mode="bilinear", align_corners=False, antialias=True
+        )
+        return resized.numpy()
+
+    def _read_file(self, path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if self.cfg.channels == 1 else "RGB" if self.cfg.channels == 3 else image.mode)
+                if image.mode not in ("L", "RGB"):
+                    image = image.convert("RGB")
+                if self.cfg.size is not None:
+                    image = image.resize((self.cfg.size[1], self.cfg.size[0]), Image.BILINEAR)
+                return np.asarray(image, dtype=np.float32) / 255.0
+        except FileNotFoundError:
+            raise ValueError(f"no such image file {str(path)!r}") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image {str(path)!r} ({exc.__class__.__name__})") from None
+
+    def parse(self, column: np.ndarray, table: Table) -> Parsed:
+        if column.dtype != object:  # an array column: N x H x W (grey) or N x H x W x C
+            images = column.astype(np.float32)
+            images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+            if self.cfg.channels == 3 and images.shape[1] == 1:
+                images = np.repeat(images, 3, axis=1)
+            elif self.cfg.channels == 1 and images.shape[1] == 3:
+                images = images.mean(axis=1, keepdims=True)
+            images = self._resize(images)
+            self.shape = self.shape or tuple(images.shape[1:])  # type: ignore[assignment]
+            return Parsed(images)
+        loaded: list[np.ndarray | None] = []
+        bad = np.zeros(len(column), dtype=bool)
+        reasons: dict[int, str] = {}
+        for i, raw in enumerate(column):
+            path = Path(str(raw).strip())
+            if not path.is_absolute():
+                origin = Path(table.origins[table.origin_index[i]])
+                base = origin.parent if origin.is_file() else (table.base_dir or Path.cwd())
+                path = base / path
+            try:
+                image = self._as_chw(self._read_file(path))
+                if self.shape is None:
+                    self.shape = image.shape  # type: ignore[assignment]
+                elif image.shape != self.shape:
+                    raise ValueError(f"image {str(path)!r} is {image.shape[1]}x{image.shape[2]}, others are "
+                                     f"{self.shape[1]}x{self.shape[2]}; set `size` to resize")
+                loaded.append(image)
+            except ValueError as exc:
+                bad[i], reasons[i] = True, str(exc)
+                loaded.append(None)
+        shape = self.shape or (1, 1, 1)
+        images = np.stack([im if im is not None else np.zeros(shape, np.float32) for im in loaded]) if loaded else np.zeros((0, *shape), np.float32)
+        return Parsed(images, bad, reasons)
+
+    def fit(self, values: np.ndarray) -> None:
+        self.shape = tuple(values.shape[1:])  # type: ignore[assignment]
+        if self.cfg.normalize == "standard":
+            self.mean = [float(m) for m in values.mean(axis=(0, 2, 3))]
+            self.std = [float(s) if s > 0 else 1.0 for s in values.std(axis=(0, 2, 3))]
+        else:
+            self.mean, self.std = [0.0] * values.shape[1], [1.0] * values.shape[1]
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        mean = np.array(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.array(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        return ((values - mean) / std).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "shape": list(self.shape or ())}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.mean, self.std = list(state["mean"]), list(state["std"])
+        self.shape = tuple(state["shape"])  # type: ignore[assignment]
+
+
+# --------------------------------------------------------------------------------------------------
+# the bundle
+
+
+def build_feature(cfg: Section) -> Any:
+    return FEATURES.build(cfg)
+
+
+class Features:
+    """The input features and the target of a model: fit on train, transform any split, save as JSON.
+
+    Args:
+        inputs: feature configs of the model inputs.
+        target: feature config of the column to predict (category: classification; number: regression).
+    """
+
+    VERSION = 1
+
+    def __init__(self, inputs: list[Section], target: Section):
+        if not inputs:
+            raise DataError("no input features: list them under data.features")
+        self.inputs = [build_feature(cfg) for cfg in inputs]
+        names = [f.cfg.name for f in self.inputs]
+        if len(set(names)) != len(names):
+            raise DataError(f"data.features names a column twice: {names}")
+        if target.type not in ("category", "number"):
+            raise DataError(f"data.target: a {target.type!r} column cannot be predicted; use category or number")
+        if target.name in names:
+            raise DataError(f"data.target: column {target.name!r} is also an input feature")
+        self.target = build_feature(target)
+        self.target.as_target = True
+        images = [f for f in self.inputs if f.kind == "image"]
+        if images and len(self.inputs) > 1:
+            raise DataError("an image feature cannot be combined with other input features yet; use one image column")
+
+    # -- properties of the fitted features
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.target.cfg.type == "category" else "regression"
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.target.vocabulary) if self.task == "classification" else []
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.label_names) if self.task == "classification" else 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self.inputs[0].kind == "image":
+            return tuple(self.inputs[0].shape)
+        return (sum(f.width for f in self.inputs),)
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.cfg.name for f in self.inputs]
+
+    # -- parse / fit / transform
+
+    def parse(self, table: Table, on_bad_row: str = "error", with_target: bool = True) -> Table:
+        """Parse raw columns; bad rows raise a DataError naming file, line and column, or are dropped.
+
+        Returns a table of parsed values; ``table.skipped`` counts dropped rows per reason column.
+        """
+        features = self.inputs + ([self.target] if with_target else [])
+        missing = [f.cfg.name for f in features if f.cfg.name not in table.columns]
+        if missing:
+            raise DataError(
+                f"{', '.join(table.origins[:3])}: no column named {', '.join(map(repr, missing))} "
+                f"(columns: {', '.join(table.columns)})"
+            )
+        parsed: dict[str, np.ndarray] = {}
+        bad = np.zeros(len(table), dtype=bool)
+        skipped: dict[str, int] = {}
+        for feature in features:
+            result = feature.parse(table.columns[feature.cfg.name], table)
+            parsed[feature.cfg.name] = result.values
+            if result.bad.any():
+                first = int(np.flatnonzero(result.bad)[0])
+                if on_bad_row == "error":
+                    raise DataError(
+                        f"{table.where(first)}: column {feature.cfg.name!r}: {result.reasons.get(first, 'bad value')} "
+                        f"(set data.on_bad_row: skip to drop such rows)"
+                    )
+                skipped[feature.cfg.name] = int((result.bad & ~bad).sum())
+                bad |= result.bad
+        out = Table(parsed, table.origins, table.origin_index, table.line, table.split, table.base_dir)
+        if bad.any():
+            out = out.take(~bad)
+        out.skipped = skipped
+        return out
+
+    def fit(self, train: Table) -> None:
+        """Fit normalisation statistics and vocabularies on the (parsed) training split only."""
+        for feature in [*self.inputs, self.target]:
+            feature.fit(train.columns[feature.cfg.name])
+
+    def transform_inputs(self, table: Table) -> torch.Tensor:
+        """Model inputs of parsed rows: N x C x H x W for an image, N x D for numbers and categories."""
+        parts = [f.transform(table.columns[f.cfg.name]) for f in self.inputs]
+        array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+    def transform_target(self, table: Table) -> torch.Tensor:
+        """Class indices (int64) or normalised numbers (float32) of parsed rows."""
+        values = table.columns[self.target.cfg.name]
+        if self.task == "classification":
+            return torch.from_numpy(self.target.indices(values, table))
+        return torch.from_numpy(self.target.transform(values).reshape(-1))
+
+    def decode_regression(self, outputs: np.ndarray) -> np.ndarray:
+        """Model outputs back in the target column's units."""
+        return self.target.inverse(outputs.reshape(-1))
+
+    # -- JSON state
+
+    def to_state(self) -> dict[str, Any]:
+        def entry(feature: Any) -> dict[str, Any]:
+            return {"config": feature.cfg.model_dump(mode="json"), "state": feature.state()}
+
+        return {
+            "version": self.VERSION,
+            "task": self.task,
+            "inputs": [entry(f) for f in self.inputs],
+            "target": entry(self.target),
+            "input_shape": list(self.input_shape),
+            "label_names": self.label_names,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "Features":
+        """Rebuild fitted features from ``to_state()`` output (features.json)."""
+        if state.get("version") != cls.VERSION:
+            raise DataError(f"features.json has version {state.get('version')!r}; this forgeml reads version {cls.VERSION}")
+        entries = [*state["inputs"], state["target"]]
+        configs = [FEATURES.get(e["config"]["type"]).config.model_validate(e["config"]) for e in entries]
+        features = cls(configs[:-1], configs[-1])
+        for feature, entry in zip([*features.inputs, features.target], entries):
+            feature.load_state(entry["state"])
+        return features
+
+
+def feature_config(raw: dict[str, Any]) -> Section:
+    """Validate a raw feature dict (used for a source's default features)."""
+    return FEATURES.get(raw["type"]).config.model_validate(raw)

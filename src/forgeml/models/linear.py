@@ -1,0 +1,32 @@
+"""Linear and logistic regression: one affine map from the (flattened) input to the outputs."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field
+from torch import nn
+
+from forgeml.config import Section
+from forgeml.registry import MODELS
+
+
+class LinearConfig(Section):
+    """y = W x + b. With a category target this is (multinomial) logistic regression."""
+
+    type: Literal["linear"]
+    bias: bool = Field(True, description="Learn an intercept b.")
+    init: Literal["zeros", "default"] = Field(
+        "default", description="zeros: start from W = 0, b = 0 (the textbook start); default: PyTorch's uniform init."
+    )
+
+
+@MODELS.register("linear", LinearConfig)
+def build_linear(cfg: LinearConfig, *, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
+    layer = nn.Linear(math.prod(input_shape), num_outputs, bias=cfg.bias)
+    if cfg.init == "zeros":
+        nn.init.zeros_(layer.weight)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(nn.Flatten(), layer)

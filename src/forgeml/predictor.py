@@ -1,0 +1,183 @@
+"""The one inference path: ``load(run_dir)`` returns a ``Predictor``.
+
+Every stage after training (evaluate, predict, explain, attack, export, serve, report) starts here,
+so preprocessing exists exactly once: raw input -> Features (fitted state from features.json) ->
+model (weights from model.safetensors) -> labels and probabilities, or values.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from forgeml.config import load_config
+from forgeml.data.dataset import load_dataset
+from forgeml.data.features import Features
+from forgeml.data.sources import read_csv
+from forgeml.data.table import Table
+from forgeml.errors import DataError, RunDirError
+from forgeml.registry import MODELS
+from forgeml.run import RunDir
+from forgeml.train.loop import batched_outputs, resolve_device
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
+
+
+class Predictor:
+    """A trained model with its preprocessing, ready to predict raw inputs.
+
+    Attributes:
+        run: the run directory.
+        config: the run's resolved config.
+        features: fitted preprocessing (features.json).
+        model: the network in eval mode.
+        task: "classification" or "regression".
+        label_names: class names in output order (classification).
+    """
+
+    def __init__(self, run: RunDir, config: Any, features: Features, model: torch.nn.Module, device: torch.device):
+        self.run = run
+        self.config = config
+        self.features = features
+        self.model = model.eval()
+        self.device = device
+        self.task = features.task
+        self.label_names = features.label_names
+        self.batch_size = config.train.eval_batch_size
+
+    # -- tensors in, tensors out
+
+    def outputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Raw model outputs (logits, or normalised values for regression) for encoded inputs."""
+        return batched_outputs(self.model, inputs, self.batch_size, self.device)
+
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for encoded inputs (classification only)."""
+        return torch.softmax(self.outputs(inputs), dim=-1)
+
+    def encode(self, rows: Table) -> torch.Tensor:
+        """Encode raw rows (a Table with the input columns) into model inputs."""
+        parsed = self.features.parse(rows, on_bad_row="error", with_target=False)
+        return self.features.transform_inputs(parsed)
+
+    # -- the run's own data
+
+    @functools.cached_property
+    def _dataset(self) -> Any:
+        dataset = load_dataset(self.config.data, self.config.seed)
+        expected = self.run.read_json("features.json").get("splits", {})
+        if expected and dataset.split_summary() != expected:
+            raise RunDirError(
+                f"{self.run.path}: the data no longer splits as it did in training "
+                f"(rows {dataset.split_summary()['rows']} vs {expected.get('rows')}); the source files changed"
+            )
+        return dataset
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor, Table]:
+        """Encoded inputs and targets of one of the run's splits, and its parsed rows."""
+        if name not in ("train", "validation", "test"):
+            raise DataError(f"split {name!r} is not one of: train, validation, test")
+        table = self._dataset.split(name)
+        if len(table) == 0:
+            raise DataError(f"{self.run.path}: the {name} split of this run is empty")
+        return self.features.transform_inputs(table), self.features.transform_target(table), table
+
+    # -- raw inputs in, readable predictions out
+
+    def decode(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        """Readable predictions: label and probabilities, or a value in the target's units."""
+        if self.task == "classification":
+            probabilities = torch.softmax(outputs, dim=-1).numpy()
+            return [
+                {
+                    "label": self.label_names[int(row.argmax())],
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, row)},
+                }
+                for row in probabilities
+            ]
+        values = self.features.decode_regression(outputs.numpy())
+        return [{"value": float(v)} for v in values]
+
+    def predict(self, inputs: Any) -> list[dict[str, Any]]:
+        """Predict raw inputs.
+
+        Args:
+            inputs: a CSV path; image file paths (a path or a list of paths); a list of row dicts;
+                a dict of columns; or a ``Table``.
+
+        Returns:
+            One dict per input row: ``{"label", "probabilities"}`` or ``{"value"}``.
+
+        Raises:
+            DataError: a file is missing, a column is absent or a value cannot be read.
+        """
+        return self.decode(self.outputs(self.encode(self.to_table(inputs))))
+
+    def to_table(self, inputs: Any) -> Table:
+        """Raw inputs (see ``predict``) as a Table of the model's input columns."""
+        if isinstance(inputs, Table):
+            return inputs
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        if isinstance(inputs, dict):
+            columns = {k: np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+            return Table.single(columns, "input")
+        items = list(inputs)
+        if items and all(isinstance(i, (str, Path)) for i in items):
+            paths = [Path(i) for i in items]
+            if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+                return self._image_table(paths)
+            if len(paths) == 1 and paths[0].suffix.lower() in (".csv", ".tsv"):
+                return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
+            raise DataError(f"give one CSV file or image files ({', '.join(sorted(IMAGE_SUFFIXES))}); got {', '.join(map(str, paths[:3]))}")
+        if items and all(isinstance(i, dict) for i in items):
+            names = self.features.columns
+            missing = [n for n in names if any(n not in row for row in items)]
+            if missing:
+                raise DataError(f"input rows need the columns {', '.join(names)}; missing {', '.join(missing)}")
+            return Table.single({n: np.array([row[n] for row in items], dtype=object) for n in names}, "input")
+        raise DataError("nothing to predict: give a CSV file, image files, or rows")
+
+    def _image_table(self, paths: list[Path]) -> Table:
+        image_features = [f for f in self.features.inputs if f.kind == "image"]
+        if not image_features:
+            raise DataError(f"this model takes the columns {', '.join(self.features.columns)}, not images: give a CSV file")
+        for path in paths:
+            if not path.is_file():
+                raise DataError(f"{path}: no such image file")
+        table = Table.single({image_features[0].cfg.name: np.array([str(p.resolve()) for p in paths], dtype=object)}, "input", base_dir=Path.cwd())
+        table.origins = [str(p) for p in paths]
+        table.origin_index = np.arange(len(paths))
+        table.line = np.ones(len(paths), dtype=np.int64)
+        return table
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
+    """Open a finished run directory for inference.
+
+    Args:
+        run_dir: a directory written by ``forgeml train``.
+        device: where to run the model ("cpu", "cuda", "auto", ...).
+
+    Raises:
+        RunDirError: the directory is not a run, is unfinished, or a file is missing or corrupt.
+    """
+    run = RunDir.open(run_dir)
+    run.verify(RUN_FILES)
+    config = load_config(run.read_yaml("config.yaml"))
+    features = Features.from_state(run.read_json("features.json"))
+    torch_device = resolve_device(device)
+    model = MODELS.build(config.model, input_shape=features.input_shape, num_outputs=features.num_outputs)
+    try:
+        model.load_state_dict(load_file(run / "model.safetensors"))
+    except (RuntimeError, OSError) as exc:
+        raise RunDirError(f"{run / 'model.safetensors'}: does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
+    return Predictor(run, config, features, model.to(torch_device), torch_device)
+
+

@@ -1,0 +1,273 @@
+"""The run directory: the on-disk contract between training and every later stage.
+
+    runs/<name>/
+      config.yaml  features.json  model.safetensors  metrics.json  history.jsonl  manifest.json
+      checkpoints/step-000123/{model,optimizer}.safetensors + state.json + manifest.json
+      checkpoints/latest        name of the newest complete checkpoint
+      <stage>.json              results of evaluate / explain / attack / ...
+
+Every write goes to a temporary name, is fsynced and renamed, so a crash never leaves a half file
+under a real name. ``manifest.json`` holds the sha256 of every artifact and is checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+from forgeml.errors import RunDirError
+
+MANIFEST = "manifest.json"
+HISTORY = "history.jsonl"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would give; mkstemp's 0600 is not
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
+
+
+class RunDir:
+    """A run directory on disk. Create one with ``RunDir.create``, open an existing one with ``RunDir.open``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- creating and opening
+
+    @classmethod
+    def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
+        """A new, empty run directory. An existing non-empty one is an error unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            if not overwrite:
+                raise RunDirError(
+                    f"{path}: the run directory already exists; continue it with --resume {path}, "
+                    f"replace it with --overwrite, or choose another with --out"
+                )
+            if not (path / "config.yaml").exists():
+                raise RunDirError(f"{path}: not a forgeml run directory; refusing to overwrite it")
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """An existing run directory (it must at least hold config.yaml)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path}: no such run directory")
+        if not (path / "config.yaml").is_file():
+            raise RunDirError(f"{path}: not a forgeml run directory (no config.yaml)")
+        return cls(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- files
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        atomic_write(self.path / name, data)
+        return self.path / name
+
+    def write_json(self, name: str, data: Any) -> Path:
+        return self.write_bytes(name, json_bytes(data))
+
+    def write_yaml(self, name: str, data: Any) -> Path:
+        return self.write_bytes(name, yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode())
+
+    def read_json(self, name: str) -> Any:
+        path = self.path / name
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing from the run directory")
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+
+    def read_yaml(self, name: str) -> Any:
+        path = self.path / name
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing from the run directory")
+        try:
+            return yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            raise RunDirError(f"{path}: corrupt YAML") from None
+
+    # -- history
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (appends are small; a torn last line is dropped on resume)."""
+        with (self.path / HISTORY).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def read_history(self) -> list[dict[str, Any]]:
+        path = self.path / HISTORY
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+        return records
+
+    def truncate_history(self, last_step: int) -> None:
+        """Keep only records up to ``last_step`` (resuming from a checkpoint at that step)."""
+        kept = [r for r in self.read_history() if r.get("step", 0) <= last_step]
+        self.write_bytes(HISTORY, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    # -- manifest
+
+    def write_manifest(self, names: Iterable[str] | None = None) -> None:
+        """Record the sha256 of ``names`` (default: every file at the top level) in manifest.json."""
+        manifest = self.read_json(MANIFEST)["files"] if (self.path / MANIFEST).is_file() else {}
+        if names is None:
+            names = [p.name for p in sorted(self.path.iterdir()) if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")]
+        for name in names:
+            manifest[name] = sha256_file(self.path / name)
+        self.write_json(MANIFEST, {"files": dict(sorted(manifest.items()))})
+
+    def verify(self, names: Iterable[str]) -> None:
+        """Check ``names`` against manifest.json; raise RunDirError naming a missing or changed file."""
+        if not (self.path / MANIFEST).is_file():
+            raise RunDirError(f"{self.path}: no manifest.json; the run did not finish (resume it with --resume)")
+        manifest = self.read_json(MANIFEST).get("files", {})
+        for name in names:
+            path = self.path / name
+            if not path.is_file():
+                raise RunDirError(f"{path}: missing from the run directory")
+            if name in manifest and sha256_file(path) != manifest[name]:
+                raise RunDirError(f"{path}: corrupt (its sha256 does not match manifest.json)")
+
+    # -- checkpoints
+
+    def save_checkpoint(self, step: int, files: dict[str, bytes], keep: int) -> Path:
+        """Write a complete checkpoint directory, then point ``checkpoints/latest`` at it.
+
+        The files go into a hidden temporary directory with their own manifest; only when all are
+        fsynced is it renamed to ``step-NNNNNN``, so a directory with that name is always complete.
+        """
+        root = self.path / CHECKPOINTS
+        root.mkdir(exist_ok=True)
+        name = f"step-{step:06d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            for filename, data in files.items():
+                atomic_write(tmp / filename, data)
+            atomic_write(tmp / MANIFEST, json_bytes({"files": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}))
+            final = root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(root)
+        atomic_write(root / LATEST, (name + "\n").encode())
+        for old in self.checkpoint_names()[keep:]:
+            shutil.rmtree(root / old, ignore_errors=True)
+        return final
+
+    def checkpoint_names(self) -> list[str]:
+        """Complete checkpoint directories, newest first."""
+        root = self.path / CHECKPOINTS
+        if not root.is_dir():
+            return []
+        return sorted((p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+
+    def load_checkpoint(self, warn: Callable[[str], None] = print) -> tuple[str, dict[str, bytes]] | None:
+        """The newest checkpoint whose files all match their sha256, as raw bytes.
+
+        A corrupt or incomplete checkpoint is reported through ``warn`` and skipped in favour of the
+        previous one. Returns None when the run has no usable checkpoint.
+        """
+        root = self.path / CHECKPOINTS
+        names = self.checkpoint_names()
+        latest = (root / LATEST).read_text().strip() if (root / LATEST).is_file() else None
+        if latest in names:  # trust `latest` first, then fall back by age
+            names.remove(latest)
+            names.insert(0, latest)
+        for name in names:
+            problem, files = _read_checkpoint(root / name)
+            if problem is None:
+                return name, files
+            warn(f"checkpoint {name} is unusable ({problem}); falling back to the previous one")
+        return None
+
+
+def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, bytes]]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest.json", {}
+    try:
+        manifest = json.loads(manifest_path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        return "corrupt manifest.json", {}
+    files = {}
+    for filename, expected in manifest.items():
+        file_path = path / filename
+        if not file_path.is_file():
+            return f"{filename} is missing", {}
+        data = file_path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != expected:
+            return f"{filename}: sha256 mismatch, the file is truncated or corrupt", {}
+        files[filename] = data
+    return None, files

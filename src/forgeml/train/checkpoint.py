@@ -1,0 +1,69 @@
+"""What a checkpoint holds, as bytes for ``RunDir.save_checkpoint``: safetensors and JSON, no pickle.
+
+    model.safetensors       weights
+    optimizer.safetensors   optimizer tensors; param groups and scalars in the file's metadata
+    rng.safetensors         torch (and CUDA) RNG, the shuffling generator now and at epoch start
+    best.safetensors        best weights so far by the monitored metric (when tracked)
+    state.json              step, epoch, position in the epoch, early-stopping and scaler state
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from forgeml.train.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
+
+
+def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights that safetensors can store (contiguous, no shared storage)."""
+    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+
+
+@dataclass
+class Resumed:
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    best: dict[str, torch.Tensor] | None
+    state: dict[str, Any]
+
+
+def pack(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: dict[str, torch.Tensor],
+    best: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
+) -> dict[str, bytes]:
+    tensors, metadata = optimizer_state_to_tensors(optimizer)
+    files = {
+        "model.safetensors": save_tensors(state_dict_tensors(model)),
+        "optimizer.safetensors": save_tensors(tensors, metadata=metadata),
+        "rng.safetensors": save_tensors({k: v.contiguous() for k, v in rng.items()}),
+        "state.json": (json.dumps(state, indent=2) + "\n").encode(),
+    }
+    if best is not None:
+        files["best.safetensors"] = save_tensors(best)
+    return files
+
+
+def unpack(files: dict[str, bytes]) -> Resumed:
+    from safetensors import safe_open  # noqa: F401  (metadata is read through the header below)
+
+    optimizer_bytes = files["optimizer.safetensors"]
+    header_size = int.from_bytes(optimizer_bytes[:8], "little")
+    metadata = json.loads(optimizer_bytes[8 : 8 + header_size]).get("__metadata__", {})
+    return Resumed(
+        model=load_tensors(files["model.safetensors"]),
+        optimizer=optimizer_state_from_tensors(load_tensors(optimizer_bytes), metadata),
+        rng=load_tensors(files["rng.safetensors"]),
+        best=load_tensors(files["best.safetensors"]) if "best.safetensors" in files else None,
+        state=json.loads(files["state.json"]),
+    )

@@ -1,0 +1,319 @@
+"""The training loop, in one file that reads top to bottom.
+
+    for each optimizer step:
+        set the learning rate from the schedule
+        forward / backward over grad_accum micro-batches (under autocast when asked)
+        clip, step, zero the gradients
+        log; evaluate on validation; keep the best weights; stop early; checkpoint
+
+Everything random draws from seeded generators whose state goes into each checkpoint, so a run
+resumed from a checkpoint continues bit for bit as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forgeml.config import TrainConfig
+from forgeml.data.batches import InMemoryBatches
+from forgeml.errors import ConfigError
+from forgeml.metrics import lower_is_better, score
+from forgeml.train import checkpoint
+from forgeml.train.callbacks import Progress
+from forgeml.train.optim import build_optimizer, lr_at
+
+# --------------------------------------------------------------------------------------------------
+# device and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: cuda, then mps, then cpu. An explicit device that is absent is a config error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but no CUDA device is available; use auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError("train.device: 'mps' asked for, but this machine has no MPS device; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> Any:
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_deterministic(enabled: bool) -> None:
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled)
+
+
+# --------------------------------------------------------------------------------------------------
+# loss and evaluation
+
+
+def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    if task == "classification":
+        return F.cross_entropy(outputs.float(), targets, label_smoothing=label_smoothing)
+    return F.mse_loss(outputs.float().squeeze(-1), targets)
+
+
+@torch.no_grad()
+def batched_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device, precision: str = "fp32") -> torch.Tensor:
+    """Model outputs for ``inputs`` in eval mode, in batches, as float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    for start in range(0, inputs.shape[0], batch_size):
+        with autocast(device, precision):
+            chunks.append(model(inputs[start : start + batch_size].to(device)).float().cpu())
+    model.train(was_training)
+    if not chunks:
+        return torch.zeros(0)
+    return torch.cat(chunks)
+
+
+def task_metrics(
+    outputs: torch.Tensor, targets: torch.Tensor, task: str, num_outputs: int, decode: Callable[[np.ndarray], np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Loss (on encoded targets) plus the task's metrics (in the data's units) for model outputs."""
+    return {"loss": float(compute_loss(outputs, targets, task))} | score(task, outputs.numpy(), targets.numpy(), num_outputs, decode)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+
+
+@dataclass
+class LoopState:
+    """Counters that, with the weights, optimizer and RNG states, fully describe where training is."""
+
+    step: int = 0
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already used
+    samples: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    train_seconds: float = 0.0
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    total_steps: int
+    validation: dict[str, Any] = field(default_factory=dict)
+
+
+def fit(
+    model: nn.Module,
+    batches: InMemoryBatches,
+    cfg: TrainConfig,
+    *,
+    task: str,
+    num_outputs: int,
+    device: torch.device,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    decode_target: Callable[[np.ndarray], np.ndarray] | None = None,
+    save_checkpoint: Callable[[dict[str, bytes], int], None] | None = None,
+    resume_files: dict[str, bytes] | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``batches`` (tensors already on ``device``).
+
+    Args:
+        model: the network, on ``device``.
+        batches: in-memory training batches.
+        cfg: the ``train`` section of the config.
+        task: "classification" or "regression".
+        num_outputs: classes (classification) or 1.
+        device: where the model and tensors live.
+        validation: (inputs, targets) for evaluation, early stopping and best weights.
+        decode_target: maps normalised regression targets back to the data's units for metrics.
+        save_checkpoint: called with the checkpoint files and the step to write them.
+        resume_files: a checkpoint's files to continue from.
+        log: called with each history record (training logs and evaluations).
+        progress: a progress display.
+
+    Returns:
+        The final loop state; the model holds the final (or best, with keep_best) weights.
+    """
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device (it uses a GradScaler); use bf16 or fp32 here")
+    if cfg.monitor != "loss" and validation is not None:
+        known = ("accuracy", "precision_macro", "recall_macro", "f1_macro") if task == "classification" else ("mse", "mae", "r2")
+        if cfg.monitor not in known:
+            raise ConfigError(f"train.monitor: {cfg.monitor!r} is not one of: loss, {', '.join(known)}")
+    set_deterministic(cfg.deterministic)
+    optimizer = build_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    lower_better = lower_is_better(cfg.monitor)
+    track_best = validation is not None and (cfg.keep_best or cfg.early_stopping is not None)
+
+    state = LoopState()
+    best_weights: dict[str, torch.Tensor] | None = None
+    epoch_start_rng = batches.generator.get_state()
+    if resume_files is not None:
+        resumed = checkpoint.unpack(resume_files)
+        model.load_state_dict(resumed.model)
+        optimizer.load_state_dict(resumed.optimizer)
+        scaler.load_state_dict(resumed.state.pop("scaler", {}) or scaler.state_dict())
+        state = LoopState(**resumed.state)
+        best_weights = resumed.best
+        torch.set_rng_state(resumed.rng["torch"])
+        if device.type == "cuda" and "cuda" in resumed.rng:
+            torch.cuda.set_rng_state(resumed.rng["cuda"], device)
+        # mid-epoch: replay the epoch's permutation from the generator state at its start
+        epoch_start_rng = resumed.rng["epoch_start"]
+        batches.generator.set_state(epoch_start_rng if state.batch_in_epoch > 0 else resumed.rng["shuffle"])
+
+    def evaluate() -> dict[str, Any]:
+        assert validation is not None
+        outputs = batched_outputs(model, validation[0], cfg.eval_batch_size, device, cfg.precision)
+        return task_metrics(outputs, validation[1].cpu(), task, num_outputs, decode_target)
+
+    def make_checkpoint() -> None:
+        if save_checkpoint is None:
+            return
+        rng = {"torch": torch.get_rng_state(), "shuffle": batches.generator.get_state(), "epoch_start": epoch_start_rng}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        state.train_seconds = seconds_before + time.perf_counter() - wall_start
+        saved = asdict(state) | {"scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        save_checkpoint(checkpoint.pack(model, optimizer, rng, best_weights, saved), state.step)
+
+    if progress is not None:
+        progress.start(state.step)
+    wall_start, seconds_before = time.perf_counter(), state.train_seconds
+    model.train()
+    running_loss = torch.zeros((), device=device)
+    steps_since_log, samples_since_log = 0, 0
+    last_log_time = time.perf_counter()
+    validation_metrics: dict[str, Any] = {}
+
+    while state.step < total_steps and not state.stopped_early:
+        if state.batch_in_epoch == 0:
+            epoch_start_rng = batches.generator.get_state()
+        micro: list[tuple[torch.Tensor, ...]] = []
+        for batch in batches.epoch(start_batch=state.batch_in_epoch):
+            micro.append(batch)
+            state.batch_in_epoch += 1
+            epoch_done = state.batch_in_epoch == len(batches)
+            if len(micro) < cfg.grad_accum and not epoch_done:
+                continue
+
+            # -- one optimizer step over the accumulated micro-batches
+            lr = lr_at(state.step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for inputs, targets in micro:
+                with autocast(device, cfg.precision):
+                    outputs = model(inputs)
+                loss = compute_loss(outputs, targets, task, cfg.label_smoothing) / len(micro)
+                scaler.scale(loss).backward()
+                running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
+                samples_since_log += inputs.shape[0]
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            micro = []
+            state.step += 1
+            steps_since_log += 1
+            if epoch_done:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            final = state.step >= total_steps
+
+            # -- log the training loss
+            if state.step % cfg.log_every == 0 or final:
+                now = time.perf_counter()
+                mean_loss = running_loss.item() / steps_since_log  # the one sync point per log interval
+                rate = samples_since_log / max(now - last_log_time, 1e-9)
+                state.samples += samples_since_log
+                if log is not None:
+                    log({"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate})
+                if progress is not None:
+                    progress.update(state.step, epoch=max(1, state.epoch + (state.batch_in_epoch > 0)), loss=mean_loss, rate=rate)
+                running_loss.zero_()
+                steps_since_log, samples_since_log = 0, 0
+                last_log_time = now
+
+            # -- evaluate, keep the best weights, stop early (time spent here is left out of ex/s)
+            pause_start = time.perf_counter()
+            due = (state.step % cfg.eval_every == 0) if cfg.eval_every else epoch_done
+            if validation is not None and (due or final):
+                validation_metrics = evaluate()
+                value = validation_metrics[cfg.monitor]
+                shown = "accuracy" if task == "classification" else "mse"
+                summary = f"{cfg.monitor} {value:.4f}" + (f"  {shown} {validation_metrics[shown]:.4f}" if shown != cfg.monitor else "")
+                if log is not None:
+                    record = {k: v for k, v in validation_metrics.items() if k != "confusion_matrix"}
+                    log({"step": state.step, "epoch": state.epoch, "split": "validation", **record})
+                if progress is not None:
+                    progress.evaluation(state.step, summary)
+                if track_best:
+                    improved = state.best_value is None or (
+                        value < state.best_value - (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
+                        if lower_better
+                        else value > state.best_value + (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
+                    )
+                    if improved:
+                        state.best_value, state.best_step = float(value), state.step
+                        state.evals_without_improvement = 0
+                        best_weights = checkpoint.state_dict_tensors(model)
+                    else:
+                        state.evals_without_improvement += 1
+                        if cfg.early_stopping is not None and state.evals_without_improvement >= cfg.early_stopping.patience:
+                            state.stopped_early = True
+                            if progress is not None:
+                                progress.message(
+                                    f"early stopping at step {state.step}: validation {cfg.monitor} has not improved "
+                                    f"for {cfg.early_stopping.patience} evaluations (best {state.best_value:.4f} at step {state.best_step})"
+                                )
+
+            # -- checkpoint
+            due = (state.step % cfg.checkpoint_every == 0) if cfg.checkpoint_every else epoch_done
+            if due or final or state.stopped_early:
+                make_checkpoint()
+            last_log_time += time.perf_counter() - pause_start
+            if final or state.stopped_early:
+                break
+
+    state.train_seconds = seconds_before + time.perf_counter() - wall_start
+    if progress is not None:
+        progress.stop()
+    if track_best and cfg.keep_best and best_weights is not None:
+        model.load_state_dict(best_weights)
+    return FitResult(state, total_steps, validation_metrics)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (initialisation, dropout) and numpy."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
