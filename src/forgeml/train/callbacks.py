@@ -26,7 +26,7 @@ class Progress:
         self.stream = stream or sys.stdout
         self.total_steps, self.total_epochs = total_steps, total_epochs
         self.live = self.stream.isatty() if live is None else live
-        self.fields: dict[str, Any] = {"epoch": 1, "loss": float("nan"), "metric": "", "rate": 0.0}
+        self.fields: dict[str, Any] = {"epoch": 1, "loss": "-", "metric": "-", "rate": "-"}
         self.start_time = time.perf_counter()
         self.start_step = 0
         self._bar: Any = None
@@ -42,9 +42,9 @@ class Progress:
                 TextColumn("epoch {task.fields[epoch]}/" + str(self.total_epochs)),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("loss {task.fields[loss]}"),
                 TextColumn("val {task.fields[metric]}"),
-                TextColumn("{task.fields[rate]:.0f} ex/s"),
+                TextColumn("{task.fields[rate]} ex/s"),
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
@@ -58,11 +58,11 @@ class Progress:
         """Record a logged training step (called every log_every steps, not every step)."""
         self.fields["epoch"] = epoch
         if loss is not None:
-            self.fields["loss"] = loss
+            self.fields["loss"] = f"{loss:.4f}"
         if metric is not None:
             self.fields["metric"] = metric
         if rate is not None:
-            self.fields["rate"] = rate
+            self.fields["rate"] = f"{rate:.0f}"
         if self._bar is not None:
             self._bar.update(self._task, completed=step, **self.fields)
         else:
@@ -72,8 +72,8 @@ class Progress:
             parts = [
                 f"epoch {epoch}/{self.total_epochs}",
                 f"step {step}/{self.total_steps}",
-                f"loss {self.fields['loss']:.4f}",
-                f"{self.fields['rate']:.0f} ex/s",
+                f"loss {self.fields['loss']}",
+                f"{self.fields['rate']} ex/s",
                 f"eta {_format_duration(eta)}",
             ]
             print("  ".join(p for p in parts if p), file=self.stream, flush=True)

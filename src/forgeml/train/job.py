@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.train.callbacks import Progress
 from forgeml.train.checkpoint import state_dict_tensors, unpack
-from forgeml.train.loop import batched_outputs, fit, resolve_device, seed_everything, task_metrics
+from forgeml.train.loop import batched_outputs, check_precision, fit, resolve_device, seed_everything, task_metrics
 
 # Keys that may change when a run is resumed: training for longer is the common reason to resume.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps"}
@@ -88,6 +89,8 @@ def train(
     cfg = load_config(config, overrides)
     resolved = config_to_dict(cfg)
     echo = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
+    device = resolve_device(cfg.train.device)
+    check_precision(device, cfg.train.precision)
     resume_files = None
     if resume is not None:
         run = RunDir.open(resume)
@@ -101,9 +104,19 @@ def train(
     else:
         run = RunDir.create(out if out is not None else Path(cfg.output.dir) / cfg.name, overwrite=overwrite)
     run.write_bytes("config.yaml", dump_config(cfg).encode())
+    try:
+        return _train_in(run, cfg, device, resume_files, echo, live_progress, quiet)
+    except BaseException:
+        if resume is None and not run.checkpoint_names():
+            shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
+        elif run.checkpoint_names():
+            echo(f"training stopped; continue it with: forgeml train {config if isinstance(config, (str, Path)) else 'CONFIG'} --resume {run.path}")
+        raise
+
+
+def _train_in(run: RunDir, cfg: Any, device: torch.device, resume_files: dict[str, bytes] | None, echo: Any, live_progress: bool | None, quiet: bool) -> TrainResult:
 
     # -- data: rows, split, features fitted on the training split only
-    device = resolve_device(cfg.train.device)
     dataset = load_dataset(cfg.data, cfg.seed)
     features = dataset.features
     tables = {name: dataset.split(name) for name in SPLITS}

@@ -51,6 +51,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_precision(device: torch.device, precision: str) -> None:
+    """fp16 training needs a GradScaler, which forgeml supports on CUDA only."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.precision: fp16 needs a CUDA device (it uses a GradScaler), this run is on {device.type}; use bf16 or fp32")
+
+
 def autocast(device: torch.device, precision: str) -> Any:
     if precision == "fp32":
         return nullcontext()
@@ -99,6 +105,13 @@ def task_metrics(
 
 # --------------------------------------------------------------------------------------------------
 # the loop
+
+
+def improves(value: float, best: float | None, lower_better: bool, min_delta: float = 0.0) -> bool:
+    """Whether a monitored value beats the best so far by more than ``min_delta``."""
+    if best is None:
+        return True
+    return value < best - min_delta if lower_better else value > best + min_delta
 
 
 @dataclass
@@ -157,8 +170,7 @@ def fit(
     Returns:
         The final loop state; the model holds the final (or best, with keep_best) weights.
     """
-    if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision: fp16 needs a CUDA device (it uses a GradScaler); use bf16 or fp32 here")
+    check_precision(device, cfg.precision)
     if cfg.monitor != "loss" and validation is not None:
         known = ("accuracy", "precision_macro", "recall_macro", "f1_macro") if task == "classification" else ("mse", "mae", "r2")
         if cfg.monitor not in known:
@@ -171,6 +183,7 @@ def fit(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     lower_better = lower_is_better(cfg.monitor)
+    min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
     track_best = validation is not None and (cfg.keep_best or cfg.early_stopping is not None)
 
     state = LoopState()
@@ -236,6 +249,7 @@ def fit(
                 scaler.scale(loss).backward()
                 running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
                 samples_since_log += inputs.shape[0]
+                state.samples += inputs.shape[0]
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -255,7 +269,6 @@ def fit(
                 now = time.perf_counter()
                 mean_loss = running_loss.item() / steps_since_log  # the one sync point per log interval
                 rate = samples_since_log / max(now - last_log_time, 1e-9)
-                state.samples += samples_since_log
                 if log is not None:
                     log({"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate})
                 if progress is not None:
@@ -278,12 +291,7 @@ def fit(
                 if progress is not None:
                     progress.evaluation(state.step, summary)
                 if track_best:
-                    improved = state.best_value is None or (
-                        value < state.best_value - (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
-                        if lower_better
-                        else value > state.best_value + (cfg.early_stopping.min_delta if cfg.early_stopping else 0.0)
-                    )
-                    if improved:
+                    if improves(value, state.best_value, lower_better, min_delta):
                         state.best_value, state.best_step = float(value), state.step
                         state.evals_without_improvement = 0
                         best_weights = checkpoint.state_dict_tensors(model)
