@@ -71,3 +71,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env=full_env,
     )
+
+
+@pytest.fixture(scope="module")
+def single_thread_torch():
+    """Run torch on one CPU thread for a module (restored afterwards).
+
+    Tiny models train many times faster on one thread than with two threads competing for two busy
+    cores, and pinned numbers do not depend on how many cores the machine has.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -237,7 +237,9 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
     current: Any = root_model()
     parts: list[str] = []
     holder: Any = None
-    for item in loc:
+    items = list(loc)
+    while items:
+        item = items.pop(0)
         current = _unwrap(current)
         if typing.get_origin(current) is Union:
             members = typing.get_args(current)
@@ -249,6 +251,14 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
                     continue
             else:  # a plain union such as int | 'full': the location names the member tried
                 return ".".join(parts), holder, current
+        if typing.get_origin(current) is dict:
+            key_type, value_type = typing.get_args(current)
+            parts.append(str(item))
+            holder, current = None, value_type
+            if items and items[0] == "[key]":  # the error is about the key itself
+                items.pop(0)
+                current = key_type
+            continue
         if typing.get_origin(current) in (list, tuple) and isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
             args = typing.get_args(current)
@@ -260,6 +270,22 @@ def _walk(loc: tuple[Any, ...]) -> tuple[str, Any, Any]:
         else:
             holder, current = (current if isinstance(current, type) else None), None
     return ".".join(parts) or "(top level)", holder, current
+
+
+def _describe(annotation: Any) -> str:
+    """How a type reads in YAML terms: 'full', null, a mapping with type: cnn, int, list."""
+    annotation = _unwrap(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        tag = annotation.model_fields.get("type")
+        return f"a mapping with type: {tag.annotation.__args__[0]}" if tag is not None else "a mapping"
+    if typing.get_origin(annotation) is Union:
+        return " or ".join(_describe(m) for m in typing.get_args(annotation))
+    origin = typing.get_origin(annotation)
+    return getattr(origin or annotation, "__name__", str(annotation))
 
 
 def _choices(annotation: Any) -> list[str] | None:
@@ -294,10 +320,7 @@ def format_validation_error(exc: ValidationError, origin: str = "config") -> str
         elif kind == "missing":
             lines.append(f"{path}: required, but missing")
         elif typing.get_origin(annotation) is Union:
-            options = [
-                " or ".join(repr(v) for v in typing.get_args(m)) if typing.get_origin(m) is Literal else getattr(m, "__name__", str(m))
-                for m in typing.get_args(annotation)
-            ]
+            options = [_describe(m) for m in typing.get_args(annotation)]
             lines.append(f"{path}: {err['input']!r} is not valid; expected {' or '.join(options)}")
         elif kind in ("literal_error", "enum") or (kind.endswith("_type") and _choices(annotation)):
             choices = _choices(annotation) or []
@@ -363,6 +386,14 @@ def dump_config(cfg: BaseModel) -> str:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the config, for editors (e.g. the YAML language server)."""
     schema = root_model().model_json_schema()
+    # `source: mnist5k` is accepted as short for {type: builtin, name: mnist5k}
+    builtin_names = list(typing.get_args(SOURCES.get("builtin").config.model_fields["name"].annotation))
+    source = schema["$defs"]["DataConfig"]["properties"]["source"]
+    description = source.pop("description", None)
+    schema["$defs"]["DataConfig"]["properties"]["source"] = {
+        "anyOf": [source, {"type": "string", "enum": builtin_names, "description": "A built-in dataset by name."}],
+        **({"description": description} if description else {}),
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "forgeml experiment config"
     return schema

@@ -231,7 +231,8 @@ class RunDir:
         root = self.path / CHECKPOINTS
         if not root.is_dir():
             return []
-        return sorted((p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")), reverse=True)
+        names = [p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+        return sorted(names, key=lambda name: int(name[5:]), reverse=True)
 
     def load_checkpoint(self, warn: Callable[[str], None] = print) -> tuple[str, dict[str, bytes]] | None:
         """The newest checkpoint whose files all match their sha256, as raw bytes.

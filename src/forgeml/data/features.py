@@ -47,7 +47,7 @@ def _natural_key(value: str) -> tuple[int, float, str]:
 class NumberConfig(Section):
     """A numeric column."""
 
-    type: Literal["number"]
+    type: Literal["number"] = Field(description="A numeric column.")
     name: str = Field(description="Column name.")
     normalize: Literal["standard", "minmax", "none"] = Field(
         "standard", description="standard: (x - mean) / std; minmax: to [0, 1]; none: as is. Fitted on the training split."
@@ -113,7 +113,7 @@ class NumberFeature:
 class CategoryConfig(Section):
     """A column of labels: one-hot encoded as an input, class indices as a target."""
 
-    type: Literal["category"]
+    type: Literal["category"] = Field(description="A column of labels.")
     name: str = Field(description="Column name.")
     min_count: int = Field(1, ge=1, description="Input only: values seen fewer times in training go to the unknown bucket.")
 
@@ -186,7 +186,7 @@ class CategoryFeature:
 class ImageConfig(Section):
     """An image: an array column (built-in datasets) or a column of image file paths (PNG, JPEG, ...)."""
 
-    type: Literal["image"]
+    type: Literal["image"] = Field(description="An image column.")
     name: str = Field(description="Column name.")
     size: Optional[tuple[int, int]] = Field(None, description="Resize to [height, width]; null: the size of the first image.")
     channels: Optional[Literal[1, 3]] = Field(None, description="1 (grey) or 3 (RGB); null: from the data.")

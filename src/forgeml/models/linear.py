@@ -15,7 +15,7 @@ from forgeml.registry import MODELS
 class LinearConfig(Section):
     """y = W x + b. With a category target this is (multinomial) logistic regression."""
 
-    type: Literal["linear"]
+    type: Literal["linear"] = Field(description="Linear / logistic regression.")
     bias: bool = Field(True, description="Learn an intercept b.")
     init: Literal["zeros", "default"] = Field(
         "default", description="zeros: start from W = 0, b = 0 (the textbook start); default: PyTorch's uniform init."

@@ -16,7 +16,7 @@ from forgeml.registry import MODELS
 class MLPConfig(Section):
     """Dense layers: Linear -> [BatchNorm] -> activation -> [Dropout], then a linear output layer."""
 
-    type: Literal["mlp"]
+    type: Literal["mlp"] = Field(description="Multi-layer perceptron.")
     hidden: list[int] = Field([128], description="Width of each hidden layer, input side first.")
     activation: Activation = Field("relu", description="Non-linearity after each hidden layer.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after each hidden layer.")

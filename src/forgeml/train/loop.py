@@ -127,6 +127,10 @@ class LoopState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     train_seconds: float = 0.0
+    # the training loss accumulated since the last log line, so a resumed run logs the same numbers
+    loss_since_log: float = 0.0
+    steps_since_log: int = 0
+    samples_since_log: int = 0
 
 
 @dataclass
@@ -215,6 +219,7 @@ def fit(
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         state.train_seconds = seconds_before + time.perf_counter() - wall_start
+        state.loss_since_log = running_loss.item()
         saved = asdict(state) | {"scaler": scaler.state_dict() if scaler.is_enabled() else None}
         save_checkpoint(checkpoint.pack(model, optimizer, rng, best_weights, saved), state.step)
 
@@ -222,8 +227,7 @@ def fit(
         progress.start(state.step)
     wall_start, seconds_before = time.perf_counter(), state.train_seconds
     model.train()
-    running_loss = torch.zeros((), device=device)
-    steps_since_log, samples_since_log = 0, 0
+    running_loss = torch.tensor(state.loss_since_log, dtype=torch.float32, device=device)
     last_log_time = time.perf_counter()
     validation_metrics: dict[str, Any] = {}
 
@@ -248,7 +252,7 @@ def fit(
                 loss = compute_loss(outputs, targets, task, cfg.label_smoothing) / len(micro)
                 scaler.scale(loss).backward()
                 running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
-                samples_since_log += inputs.shape[0]
+                state.samples_since_log += inputs.shape[0]
                 state.samples += inputs.shape[0]
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
@@ -258,7 +262,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             micro = []
             state.step += 1
-            steps_since_log += 1
+            state.steps_since_log += 1
             if epoch_done:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -267,14 +271,14 @@ def fit(
             # -- log the training loss
             if state.step % cfg.log_every == 0 or final:
                 now = time.perf_counter()
-                mean_loss = running_loss.item() / steps_since_log  # the one sync point per log interval
-                rate = samples_since_log / max(now - last_log_time, 1e-9)
+                mean_loss = running_loss.item() / state.steps_since_log  # the one sync point per log interval
+                rate = state.samples_since_log / max(now - last_log_time, 1e-9)
                 if log is not None:
                     log({"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate})
                 if progress is not None:
                     progress.update(state.step, epoch=max(1, state.epoch + (state.batch_in_epoch > 0)), loss=mean_loss, rate=rate)
                 running_loss.zero_()
-                steps_since_log, samples_since_log = 0, 0
+                state.steps_since_log, state.samples_since_log = 0, 0
                 last_log_time = now
 
             # -- evaluate, keep the best weights, stop early (time spent here is left out of ex/s)

@@ -1,0 +1,171 @@
+"""Sources: CSV files (one, or one per split), rows written inline, the built-in datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from forgeml.config import load_config
+from forgeml.data.dataset import load_dataset
+from forgeml.data.sources import load_digits_table, load_mnist5k_table, read_csv
+from forgeml.errors import DataError
+from forgeml.registry import SOURCES
+
+
+def source_data(source: dict):
+    """Build a source from its config dict through the registry."""
+    cfg = load_config(tiny_config(data={"source": source, "features": [{"type": "number", "name": "x"}], "target": {"type": "number", "name": "y"}}))
+    return SOURCES.build(cfg.data.source)
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV
+
+
+def test_read_csv_header_columns_lines_and_origins(tmp_path: Path):
+    path = tmp_path / "rows.csv"
+    path.write_text(" x , label\n1,a\n\n2, b \n,\n3,c\n")  # blank and empty rows are skipped
+    table = read_csv(path)
+    assert list(table.columns) == ["x", "label"]  # header names are stripped
+    assert table.columns["x"].tolist() == ["1", "2", "3"] and table.columns["x"].dtype == object
+    assert table.columns["label"].tolist() == ["a", " b ", "c"]  # values are parsed later, by features
+    assert table.line.tolist() == [2, 4, 6]  # file lines, the header being line 1
+    assert table.origins == [str(path)] and table.origin_index.tolist() == [0, 0, 0]
+    assert table.where(1) == f"{path}, line 4"
+    assert table.base_dir == tmp_path and table.split is None
+
+
+def test_read_csv_strips_a_byte_order_mark_and_reads_tsv(tmp_path: Path):
+    path = tmp_path / "excel.tsv"
+    path.write_bytes("\ufeffx\ty\n1\t2\n".encode("utf-8"))
+    table = read_csv(path, "\t")
+    assert list(table.columns) == ["x", "y"] and table.columns["y"].tolist() == ["2"]
+
+
+def test_read_csv_quoted_fields_keep_their_delimiters(tmp_path: Path):
+    path = tmp_path / "quoted.csv"
+    path.write_text('name,x\n"Smith, J",1\n')
+    assert read_csv(path).columns["name"].tolist() == ["Smith, J"]
+
+
+def test_ragged_row_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "ragged.csv"
+    path.write_text("a,b,c\n1,2,3\n4,5\n")
+    with pytest.raises(DataError) as info:
+        read_csv(path)
+    assert str(info.value) == f"{path}, line 3: 2 fields, but the header has 3"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the file is empty; it needs a header row"),
+        ("a,b\n", "no data rows after the header"),
+        ("a,b,a\n1,2,3\n", "the header repeats a column name: ['a', 'b', 'a']"),
+    ],
+)
+def test_empty_or_headerless_files(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    with pytest.raises(DataError) as info:
+        read_csv(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_missing_csv_file(tmp_path: Path):
+    with pytest.raises(DataError, match=r"nope\.csv: no such data file"):
+        source_data({"type": "csv", "path": str(tmp_path / "nope.csv")})
+
+
+def test_csv_source_with_one_file(tmp_path: Path):
+    path = tmp_path / "d.csv"
+    path.write_text("x,y\n1,2\n3,4\n")
+    data = source_data({"type": "csv", "path": str(path)})
+    assert data.table.columns["y"].tolist() == ["2", "4"] and data.table.split is None
+    assert data.description == f"CSV file {path}"
+
+
+def test_csv_source_with_a_file_per_split(tmp_path: Path):
+    for name, rows in (("train", "1,2\n3,4\n5,6\n"), ("validation", "7,8\n"), ("test", "9,10\n11,12\n")):
+        (tmp_path / f"{name}.csv").write_text("x,y\n" + rows)
+    paths = {name: str(tmp_path / f"{name}.csv") for name in ("train", "validation", "test")}
+    table = source_data({"type": "csv", "paths": paths}).table
+    rows = {x: (split, table.where(i)) for i, (x, split) in enumerate(zip(table.columns["x"], table.split))}
+    assert rows == {
+        "1": ("train", f"{paths['train']}, line 2"),
+        "3": ("train", f"{paths['train']}, line 3"),
+        "5": ("train", f"{paths['train']}, line 4"),
+        "7": ("validation", f"{paths['validation']}, line 2"),
+        "9": ("test", f"{paths['test']}, line 2"),
+        "11": ("test", f"{paths['test']}, line 3"),
+    }
+    assert sorted(table.origins) == sorted(paths.values())
+
+    cfg = load_config(tiny_config(data={"source": {"type": "csv", "paths": paths}, "features": [{"type": "number", "name": "x"}], "target": {"type": "number", "name": "y"}}))
+    dataset = load_dataset(cfg.data, seed=0)
+    assert {name: dataset.split(name).columns["x"].tolist() for name in ("train", "validation", "test")} == {
+        "train": [1.0, 3.0, 5.0],
+        "validation": [7.0],
+        "test": [9.0, 11.0],
+    }
+
+
+def test_split_files_with_different_columns(tmp_path: Path):
+    (tmp_path / "train.csv").write_text("x,y\n1,2\n")
+    (tmp_path / "test.csv").write_text("x,z\n1,2\n")
+    with pytest.raises(DataError) as info:
+        source_data({"type": "csv", "paths": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")}})
+    message = str(info.value)
+    assert message.startswith("the split files have different columns: ")
+    assert "'train': ['x', 'y']" in message and "'test': ['x', 'z']" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# inline
+
+
+def test_inline_source():
+    data = source_data({"type": "inline", "columns": {"x": [1, 2, 3], "y": [2.5, "4", None]}})
+    assert data.table.columns["x"].tolist() == [1, 2, 3] and data.table.columns["x"].dtype == object
+    assert data.table.columns["y"].tolist() == [2.5, "4", None]
+    assert data.table.where(2) == "config data.source.columns, line 3"
+    assert data.description == "inline rows"
+
+
+@pytest.mark.parametrize("columns", [{}, {"x": [1, 2], "y": [1]}, {"x": []}])
+def test_inline_columns_must_be_non_empty_and_of_equal_length(columns: dict):
+    from forgeml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.source: columns must be non-empty lists of equal length"):
+        source_data({"type": "inline", "columns": columns})
+
+
+# --------------------------------------------------------------------------------------------------
+# built-in datasets
+
+
+def test_digits():
+    table = load_digits_table()
+    images, labels = table.columns["image"], table.columns["label"]
+    assert images.shape == (1797, 8, 8) and images.dtype == np.float32
+    assert images.min() == 0.0 and images.max() == 1.0  # 0..16 scaled to 0..1
+    assert labels.dtype == np.int64 and sorted(set(labels.tolist())) == list(range(10))
+    assert table.origins == ["builtin:digits"] and table.line[:3].tolist() == [1, 2, 3]
+
+
+def test_mnist5k():
+    table = load_mnist5k_table()
+    images, labels = table.columns["image"], table.columns["label"]
+    assert images.shape == (5000, 28, 28) and images.dtype == np.float32
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert 0.1 < float(images.mean()) < 0.2  # mostly black background, white strokes
+
+
+def test_builtin_source_description_and_default_columns():
+    data = SOURCES.build(load_config(tiny_config()).data.source)
+    assert data.description == "built-in dataset digits"
+    assert len(data.table) == 1797
