@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, tiny_config
+from helpers import REPO, tiny_config
 
 from forgeml.config import apply_overrides, dump_config, json_schema, load_config, read_yaml
 from forgeml.errors import ConfigError, ForgeError

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 SRC = REPO / "src" / "forgeml"
 
@@ -84,17 +84,9 @@ def test_public_api():
     assert forgeml.load_config({"data": {"source": "digits"}, "model": {"type": "mlp"}}).model.type == "mlp"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: forgeml/__init__.py defines the functions train() and evaluate(), but the subpackages "
-    "forgeml.train and forgeml.evaluate have the same names; importing a submodule (which forgeml.train() "
-    "itself does on its first call) rebinds forgeml.train to the module, so a second forgeml.train(...) "
-    "(or a first one after `from forgeml.train.loop import ...`) raises TypeError: 'module' object is not "
-    "callable (same for forgeml.evaluate)",
-)
 def test_public_train_and_evaluate_stay_callable_after_their_subpackages_are_imported():
     import forgeml
-    import forgeml.evaluate  # noqa: F401
-    import forgeml.train.job  # noqa: F401
+    import forgeml.evaluation  # noqa: F401
+    import forgeml.training.job  # noqa: F401
 
     assert callable(forgeml.train) and callable(forgeml.evaluate)

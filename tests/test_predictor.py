@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_csv_dataset, tiny_config
+from helpers import REPO, make_csv_dataset, tiny_config
 from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 
@@ -23,8 +23,8 @@ import forgeml
 from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.run import RunDir
-from forgeml.train.job import train  # not forgeml.train: see test_imports.py
-from forgeml.train.loop import task_metrics
+from forgeml.training.job import train
+from forgeml.training.loop import task_metrics
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -39,7 +39,7 @@ class Trained:
 
 
 def csv_run(root: Path, features: list[dict], model: dict) -> Trained:
-    """Train on the conftest CSV dataset (60 rows; label: big / small) into ``root/run``."""
+    """Train on the helpers.py CSV dataset (60 rows; label: big / small) into ``root/run``."""
     csv = make_csv_dataset(root / "data")
     config = tiny_config(
         name="csv",
@@ -105,10 +105,10 @@ def test_public_train_then_load_in_a_fresh_interpreter(tmp_path: Path):
 import json, sys
 sys.path.insert(0, {str(REPO / "tests")!r})
 import forgeml
-from conftest import tiny_config
+from helpers import tiny_config
 result = forgeml.train(tiny_config(), out={str(tmp_path / "run")!r}, quiet=True)
 predictor = forgeml.load(result.run_dir)
-from forgeml.train.loop import task_metrics  # only after forgeml.train(): see test_imports.py
+from forgeml.training.loop import task_metrics  # only after forgeml.train(): see test_imports.py
 inputs, targets, _ = predictor.split("test")
 print(json.dumps(task_metrics(predictor.outputs(inputs), targets, "classification", 10) == result.metrics["splits"]["test"]))
 """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from forgeml.errors import RunDirError
 from forgeml.run import RunDir, atomic_write
@@ -278,7 +278,7 @@ def test_open_needs_a_directory_with_config_yaml(tmp_path: Path):
 def test_resume_skips_a_truncated_checkpoint_and_still_ends_bit_for_bit(tmp_path: Path, capsys: pytest.CaptureFixture):
     from safetensors.torch import load_file
 
-    from forgeml.train.job import train  # not forgeml.train: see test_imports.py
+    from forgeml.training.job import train
 
     config = tiny_config()  # 12 steps, checkpoints at steps 6 and 12
     train(config, out=tmp_path / "whole", quiet=True)

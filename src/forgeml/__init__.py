@@ -20,8 +20,8 @@ from forgeml.errors import ForgeError
 
 
 def train(config: Any, **options: Any) -> Any:
-    """Train from a YAML path, dict or config; see ``forgeml.train.job.train`` for the options."""
-    from forgeml.train.job import train as run_training
+    """Train from a YAML path, dict or config; see ``forgeml.training.job.train`` for the options."""
+    from forgeml.training.job import train as run_training
 
     return run_training(config, **options)
 
@@ -34,8 +34,8 @@ def load(run_dir: Any, device: str = "cpu") -> Any:
 
 
 def evaluate(run_dir: Any, split: str = "test", save: bool = True) -> Any:
-    """Evaluate a run on a split (see ``forgeml.evaluate.run``)."""
-    from forgeml.evaluate import run as run_evaluation
+    """Evaluate a run on a split (see ``forgeml.evaluation.run``)."""
+    from forgeml.evaluation import run as run_evaluation
 
     return run_evaluation(run_dir, split=split, save=save)
 

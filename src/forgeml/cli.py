@@ -60,11 +60,11 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
     """Train a model and write a run directory."""
-    from forgeml.train.job import train as run_training
+    from forgeml.training.job import train as run_training
 
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise ForgeError("give either --out (a new run) or --resume (an existing run), not both")
-    run_training(config, out=out, overrides=overrides or [], resume=resume, overwrite=overwrite)
+    run_training(config, out=out, overrides=overrides or [], resume=resume, overwrite=overwrite, command=["forgeml", *sys.argv[1:]])
 
 
 @app.command()
@@ -78,7 +78,7 @@ def evaluate(
     Classification: accuracy, macro precision / recall / F1 and the confusion matrix.
     Regression: MSE, MAE and R². The result is also saved as evaluate.json in the run.
     """
-    from forgeml.evaluate import run as run_evaluation
+    from forgeml.evaluation import run as run_evaluation
 
     result = run_evaluation(run, split)
     if as_json:
@@ -163,25 +163,23 @@ def config_schema() -> None:
 
 def main() -> None:
     """Entry point of the ``forgeml`` command."""
+    import click
+
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except ForgeError as exc:
         if _state["debug"]:
             raise
-        message = " ".join(str(exc).split("\n")) if str(exc).count("\n") == 0 else str(exc)
-        typer.echo(f"error: {message}", err=True)
+        # one line, whatever the number of problems found (a config may have several)
+        typer.echo("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        code = 130
+    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    if code == 130:  # click turns Ctrl-C into exit code 130 without raising
         typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    sys.exit(code if isinstance(code, int) else 0)

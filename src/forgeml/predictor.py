@@ -23,7 +23,7 @@ from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
-from forgeml.train.loop import batched_outputs, resolve_device
+from forgeml.training.loop import batched_outputs, resolve_device
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
@@ -63,7 +63,7 @@ class Predictor:
 
     def encode(self, rows: Table) -> torch.Tensor:
         """Encode raw rows (a Table with the input columns) into model inputs."""
-        parsed = self.features.parse(rows, on_bad_row="error", with_target=False)
+        parsed = self.features.parse(rows, on_bad_row="error", with_target=False, hint="")
         return self.features.transform_inputs(parsed)
 
     # -- the run's own data

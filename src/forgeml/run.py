@@ -58,6 +58,7 @@ def _current_umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would give; mkstemp's 0600 is not
+_DIR_MODE = 0o777 & ~_current_umask()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -209,6 +210,7 @@ class RunDir:
         root.mkdir(exist_ok=True)
         name = f"step-{step:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 is not what a plain mkdir gives
         try:
             for filename, data in files.items():
                 atomic_write(tmp / filename, data)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from forgeml.config import load_config
 from forgeml.data.dataset import load_dataset, split_rows
@@ -21,7 +21,7 @@ CSV_FEATURES = [{"type": "number", "name": "size"}, {"type": "category", "name":
 
 
 def data_config(source: dict, **data: Any) -> Any:
-    """The validated ``data`` section for a source (default columns: the conftest CSV's)."""
+    """The validated ``data`` section for a source (default columns: the helpers.py CSV's)."""
     section = {"source": source, "features": CSV_FEATURES, "target": {"type": "category", "name": "label"}, **data}
     return load_config(tiny_config(data=section)).data
 
@@ -167,7 +167,7 @@ def test_statistics_come_from_the_training_split_only(tmp_path: Path):
 
 
 def test_a_training_run_fits_features_json_on_the_training_split_only(tmp_path: Path):
-    from forgeml.train.job import train
+    from forgeml.training.job import train
 
     paths = outlier_split_files(tmp_path / "data")
     config = tiny_config(

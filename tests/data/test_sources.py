@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from forgeml.config import load_config
 from forgeml.data.dataset import load_dataset

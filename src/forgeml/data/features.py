@@ -354,8 +354,10 @@ class Features:
 
     # -- parse / fit / transform
 
-    def parse(self, table: Table, on_bad_row: str = "error", with_target: bool = True) -> Table:
+    def parse(self, table: Table, on_bad_row: str = "error", with_target: bool = True, hint: str = "set data.on_bad_row: skip to drop such rows") -> Table:
         """Parse raw columns; bad rows raise a DataError naming file, line and column, or are dropped.
+
+        ``hint`` ends the error message (what the user can do about a bad row).
 
         Returns a table of parsed values; ``table.skipped`` counts dropped rows per reason column.
         """
@@ -376,8 +378,8 @@ class Features:
                 first = int(np.flatnonzero(result.bad)[0])
                 if on_bad_row == "error":
                     raise DataError(
-                        f"{table.where(first)}: column {feature.cfg.name!r}: {result.reasons.get(first, 'bad value')} "
-                        f"(set data.on_bad_row: skip to drop such rows)"
+                        f"{table.where(first)}: column {feature.cfg.name!r}: {result.reasons.get(first, 'bad value')}"
+                        + (f" ({hint})" if hint else "")
                     )
                 skipped[feature.cfg.name] = int((result.bad & ~bad).sum())
                 bad |= result.bad

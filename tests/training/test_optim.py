@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from forgeml.config import TrainConfig
-from forgeml.train.optim import build_optimizer, lr_at, optimizer_state_from_tensors, optimizer_state_to_tensors
+from forgeml.training.optim import build_optimizer, lr_at, optimizer_state_from_tensors, optimizer_state_to_tensors
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

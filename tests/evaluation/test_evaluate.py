@@ -8,19 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 import forgeml
 from forgeml.errors import DataError
-from forgeml.evaluate import run as evaluate  # not forgeml.evaluate: see test_imports.py
-from forgeml.train.job import train
+from forgeml.evaluation import run as evaluate
+from forgeml.training.job import train
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory: pytest.TempPathFactory, single_thread_torch: None) -> Path:
-    """The tiny digits CNN of conftest, trained for 12 steps."""
+    """The tiny digits CNN of tests/helpers.py, trained for 12 steps."""
     return train(tiny_config(), out=tmp_path_factory.mktemp("digits") / "run", quiet=True).run_dir
 
 

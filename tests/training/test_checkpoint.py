@@ -10,8 +10,8 @@ from safetensors.torch import load as load_tensors
 from torch import nn
 
 from forgeml.config import TrainConfig
-from forgeml.train.checkpoint import pack, state_dict_tensors, unpack
-from forgeml.train.optim import build_optimizer
+from forgeml.training.checkpoint import pack, state_dict_tensors, unpack
+from forgeml.training.optim import build_optimizer
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

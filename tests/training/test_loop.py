@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from safetensors.torch import load as load_tensors
 
 from forgeml.config import load_config
@@ -18,8 +18,8 @@ from forgeml.data.batches import InMemoryBatches
 from forgeml.data.dataset import load_dataset
 from forgeml.errors import ConfigError
 from forgeml.registry import MODELS
-from forgeml.train.loop import FitResult, batched_outputs, compute_loss, fit, resolve_device, seed_everything, task_metrics
-from forgeml.train.optim import lr_at
+from forgeml.training.loop import FitResult, batched_outputs, compute_loss, fit, resolve_device, seed_everything, task_metrics
+from forgeml.training.optim import lr_at
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

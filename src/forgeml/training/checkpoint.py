@@ -18,7 +18,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from forgeml.train.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
+from forgeml.training.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
 
 def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

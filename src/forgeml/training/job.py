@@ -24,9 +24,9 @@ from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
-from forgeml.train.callbacks import Progress
-from forgeml.train.checkpoint import state_dict_tensors, unpack
-from forgeml.train.loop import batched_outputs, check_precision, fit, resolve_device, seed_everything, task_metrics
+from forgeml.training.callbacks import Progress
+from forgeml.training.checkpoint import state_dict_tensors, unpack
+from forgeml.training.loop import batched_outputs, check_precision, fit, resolve_device, seed_everything, task_metrics
 
 # Keys that may change when a run is resumed: training for longer is the common reason to resume.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps"}
@@ -68,6 +68,7 @@ def train(
     overwrite: bool = False,
     live_progress: bool | None = None,
     quiet: bool = False,
+    command: list[str] | None = None,
 ) -> TrainResult:
     """Train a model from a config and write a complete run directory.
 
@@ -79,6 +80,7 @@ def train(
         overwrite: replace an existing run directory at ``out``.
         live_progress: force the live progress bar on or off (default: on for a terminal).
         quiet: no progress output at all.
+        command: the command line that started training, recorded in metrics.json.
 
     Returns:
         The run directory and the final metrics per split.
@@ -105,7 +107,7 @@ def train(
         run = RunDir.create(out if out is not None else Path(cfg.output.dir) / cfg.name, overwrite=overwrite)
     run.write_bytes("config.yaml", dump_config(cfg).encode())
     try:
-        return _train_in(run, cfg, device, resume_files, echo, live_progress, quiet)
+        return _train_in(run, cfg, device, resume_files, echo, live_progress, quiet, command)
     except BaseException:
         if resume is None and not run.checkpoint_names():
             shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
@@ -114,7 +116,16 @@ def train(
         raise
 
 
-def _train_in(run: RunDir, cfg: Any, device: torch.device, resume_files: dict[str, bytes] | None, echo: Any, live_progress: bool | None, quiet: bool) -> TrainResult:
+def _train_in(
+    run: RunDir,
+    cfg: Any,
+    device: torch.device,
+    resume_files: dict[str, bytes] | None,
+    echo: Any,
+    live_progress: bool | None,
+    quiet: bool,
+    command: list[str] | None,
+) -> TrainResult:
 
     # -- data: rows, split, features fitted on the training split only
     dataset = load_dataset(cfg.data, cfg.seed)
@@ -201,7 +212,7 @@ def _train_in(run: RunDir, cfg: Any, device: torch.device, resume_files: dict[st
             "python": platform.python_version(),
             "torch": torch.__version__,
             "platform": platform.platform(),
-            "argv": sys.argv[1:] if sys.argv and "forgeml" in Path(sys.argv[0]).name else None,
+            "command": command if command is not None else list(sys.argv),
         },
     }
     run.write_json("metrics.json", summary)

@@ -28,9 +28,9 @@ from forgeml.config import TrainConfig
 from forgeml.data.batches import InMemoryBatches
 from forgeml.errors import ConfigError
 from forgeml.metrics import lower_is_better, score
-from forgeml.train import checkpoint
-from forgeml.train.callbacks import Progress
-from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.training import checkpoint
+from forgeml.training.callbacks import Progress
+from forgeml.training.optim import build_optimizer, lr_at
 
 # --------------------------------------------------------------------------------------------------
 # device and precision
@@ -65,6 +65,9 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 
 def set_deterministic(enabled: bool) -> None:
+    # only touch the setting when it changes: the call imports torch._dynamo (about 1.5 s)
+    if enabled == torch.are_deterministic_algorithms_enabled():
+        return
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
@@ -249,7 +252,9 @@ def fit(
             for inputs, targets in micro:
                 with autocast(device, cfg.precision):
                     outputs = model(inputs)
-                loss = compute_loss(outputs, targets, task, cfg.label_smoothing) / len(micro)
+                loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
+                if len(micro) > 1:  # a mean over the accumulated micro-batches
+                    loss = loss / len(micro)
                 scaler.scale(loss).backward()
                 running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
                 state.samples_since_log += inputs.shape[0]

@@ -1,0 +1,63 @@
+"""Test helpers shared by the whole suite: tiny configs, a small CSV dataset with every column kind,
+and a runner for the real command line. (tests/ is on sys.path: see pyproject's pytest settings.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**sections: Any) -> dict[str, Any]:
+    """A config that trains in about a second: digits, a small CNN, a few steps.
+
+    Keyword arguments replace whole top-level sections (data=..., model=..., train=...).
+    """
+    config: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "data": {"source": {"type": "builtin", "name": "digits"}, "split": {"validation": 0.1, "test": 0.1}},
+        "model": {"type": "cnn", "blocks": [{"channels": 4}, {"channels": 8}], "dense": [16]},
+        "train": {"epochs": 1, "max_steps": 12, "batch_size": 32, "lr": 0.01, "log_every": 4, "checkpoint_every": 6},
+    }
+    config.update(sections)
+    return config
+
+
+def make_csv_dataset(directory: Path, rows: int = 60, seed: int = 0) -> Path:
+    """A CSV with a number, a category, an image-path column (8x8 PNGs) and a label that depends on them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = directory / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    lines = ["size,colour,picture,label"]
+    for i in range(rows):
+        label = "big" if i % 2 else "small"
+        size = rng.normal(5.0 if label == "big" else 1.0, 0.5)
+        colour = rng.choice(["red", "green", "blue"])
+        pixels = (rng.random((8, 8)) * (200 if label == "big" else 60)).astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(images / f"img{i}.png")
+        lines.append(f"{size:.3f},{colour},images/img{i}.png,{label}")
+    path = directory / "data.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m forgeml ARGS`` as a real subprocess and capture its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "forgeml", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
