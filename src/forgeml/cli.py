@@ -163,8 +163,6 @@ def config_schema() -> None:
 
 def main() -> None:
     """Entry point of the ``forgeml`` command."""
-    import click
-
     try:
         code = app(standalone_mode=False)
     except ForgeError as exc:
@@ -173,13 +171,17 @@ def main() -> None:
         # one line, whatever the number of problems found (a config may have several)
         typer.echo("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         code = 130
-    except click.exceptions.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    if code == 130:  # click turns Ctrl-C into exit code 130 without raising
+    except typer.TyperException as exc:  # usage errors: typer's own message, exit 2
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    if code == 130:  # typer turns Ctrl-C into exit code 130 without raising
         typer.echo("interrupted", err=True)
     sys.exit(code if isinstance(code, int) else 0)
