@@ -270,3 +270,16 @@ def test_changed_source_data_is_detected(table_run: Trained, tmp_path: Path):
 def test_unknown_split_name(table_run: Trained):
     with pytest.raises(DataError, match=r"^split 'dev' is not one of: train, validation, test$"):
         forgeml.load(table_run.run_dir).split("dev")
+
+
+def test_predict_resizes_images_of_another_size_to_the_training_size(image_run: Trained, tmp_path: Path):
+    from PIL import Image
+
+    predictor = forgeml.load(image_run.run_dir)
+    small = Image.open(image_run.csv.parent / csv_rows(image_run.csv)[0]["picture"])
+    small.resize((8, 8)).save(tmp_path / "same.png")
+    # a 32x32 RGB copy: converted to one channel and resized (nearest neighbour x4, then bilinear back)
+    small.convert("RGB").resize((32, 32), Image.NEAREST).save(tmp_path / "large.png")
+    same, large = predictor.predict([tmp_path / "same.png", tmp_path / "large.png"])
+    assert large["label"] == same["label"]
+    assert large["probabilities"]["big"] == pytest.approx(same["probabilities"]["big"], abs=0.05)

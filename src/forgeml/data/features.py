@@ -204,6 +204,15 @@ class ImageFeature:
         self.mean: list[float] = []
         self.std: list[float] = []
         self.shape: tuple[int, int, int] | None = None  # C, H, W after parsing
+        self.fitted = False
+
+    @property
+    def _size(self) -> tuple[int, int] | None:
+        """Resize to: the configured size; once fitted, the training size (new images of any size
+        can then be predicted); else None (images must all have one size)."""
+        if self.cfg.size is not None:
+            return tuple(self.cfg.size)  # type: ignore[return-value]
+        return tuple(self.shape[1:]) if self.fitted and self.shape else None  # type: ignore[return-value]
 
     def _as_chw(self, image: np.ndarray) -> np.ndarray:
         if image.ndim == 2:
@@ -214,10 +223,10 @@ class ImageFeature:
         return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
     def _resize(self, images: np.ndarray) -> np.ndarray:
-        if self.cfg.size is None or tuple(images.shape[-2:]) == tuple(self.cfg.size):
+        if self._size is None or tuple(images.shape[-2:]) == self._size:
             return images
         resized = torch.nn.functional.interpolate(
-            torch.from_numpy(images), size=tuple(self.cfg.size), mode="bilinear", align_corners=False, antialias=True
+            torch.from_numpy(images), size=self._size, mode="bilinear", align_corners=False, antialias=True
         )
         return resized.numpy()
 
@@ -229,8 +238,8 @@ class ImageFeature:
                 image = image.convert("L" if self.cfg.channels == 1 else "RGB" if self.cfg.channels == 3 else image.mode)
                 if image.mode not in ("L", "RGB"):
                     image = image.convert("RGB")
-                if self.cfg.size is not None:
-                    image = image.resize((self.cfg.size[1], self.cfg.size[0]), Image.BILINEAR)
+                if self._size is not None:
+                    image = image.resize((self._size[1], self._size[0]), Image.BILINEAR)
                 return np.asarray(image, dtype=np.float32) / 255.0
         except FileNotFoundError:
             raise ValueError(f"no such image file {str(path)!r}") from None
@@ -274,6 +283,7 @@ class ImageFeature:
 
     def fit(self, values: np.ndarray) -> None:
         self.shape = tuple(values.shape[1:])  # type: ignore[assignment]
+        self.fitted = True
         if self.cfg.normalize == "standard":
             self.mean = [float(m) for m in values.mean(axis=(0, 2, 3))]
             self.std = [float(s) if s > 0 else 1.0 for s in values.std(axis=(0, 2, 3))]
@@ -291,6 +301,7 @@ class ImageFeature:
     def load_state(self, state: dict[str, Any]) -> None:
         self.mean, self.std = list(state["mean"]), list(state["std"])
         self.shape = tuple(state["shape"])  # type: ignore[assignment]
+        self.fitted = True
 
 
 # --------------------------------------------------------------------------------------------------

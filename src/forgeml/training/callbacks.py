@@ -16,15 +16,13 @@ class Progress:
     """Shows epoch, step, loss, the monitored metric, throughput and ETA.
 
     Args:
-        total_steps: optimizer steps the run will take.
-        total_epochs: epochs the run will take at most.
         stream: where to write (stdout by default).
         live: a live bar (True), plain lines (False), or decide by whether the stream is a terminal.
     """
 
-    def __init__(self, total_steps: int, total_epochs: int, stream: TextIO | None = None, live: bool | None = None):
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None):
         self.stream = stream or sys.stdout
-        self.total_steps, self.total_epochs = total_steps, total_epochs
+        self.total_steps, self.total_epochs = 0, 0
         self.live = self.stream.isatty() if live is None else live
         self.fields: dict[str, Any] = {"epoch": 1, "loss": "-", "metric": "-", "rate": "-"}
         self.start_time = time.perf_counter()
@@ -32,7 +30,9 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
 
-    def start(self, step: int = 0) -> None:
+    def start(self, step: int, total_steps: int, total_epochs: int) -> None:
+        """Begin at ``step`` of ``total_steps`` (a resumed run starts past 0)."""
+        self.total_steps, self.total_epochs = total_steps, total_epochs
         self.start_time, self.start_step = time.perf_counter(), step
         if self.live:
             from rich.console import Console

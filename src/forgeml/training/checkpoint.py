@@ -55,9 +55,8 @@ def pack(
 
 
 def unpack(files: dict[str, bytes]) -> Resumed:
-    from safetensors import safe_open  # noqa: F401  (metadata is read through the header below)
-
     optimizer_bytes = files["optimizer.safetensors"]
+    # safetensors.torch.load drops the file's metadata; read it from the header (8-byte length + JSON)
     header_size = int.from_bytes(optimizer_bytes[:8], "little")
     metadata = json.loads(optimizer_bytes[8 : 8 + header_size]).get("__metadata__", {})
     return Resumed(

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import math
+import json
 import platform
 import shutil
 import sys
@@ -25,7 +25,7 @@ from forgeml.errors import ConfigError
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.training.callbacks import Progress
-from forgeml.training.checkpoint import state_dict_tensors, unpack
+from forgeml.training.checkpoint import state_dict_tensors
 from forgeml.training.loop import batched_outputs, check_precision, fit, resolve_device, seed_everything, task_metrics
 
 # Keys that may change when a run is resumed: training for longer is the common reason to resume.
@@ -157,19 +157,14 @@ def _train_in(
     if resume_files is None:
         (run / "history.jsonl").unlink(missing_ok=True)
     decode = features.decode_regression if features.task == "regression" else None
-    progress = None if quiet else Progress(1, cfg.train.epochs, live=live_progress)
+    progress = None if quiet else Progress(live=live_progress)
     started = time.perf_counter()
 
     def save_checkpoint(files: dict[str, bytes], step: int) -> None:
         run.save_checkpoint(step, files, keep=cfg.train.keep_checkpoints)
 
-    if resume_files is not None:
-        run.truncate_history(unpack(resume_files).state["step"])
-    if progress is not None:
-        steps_per_epoch = math.ceil(len(batches) / cfg.train.grad_accum)
-        total = cfg.train.epochs * steps_per_epoch
-        progress.total_steps = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-        progress.total_epochs = math.ceil(progress.total_steps / steps_per_epoch)
+    if resume_files is not None:  # history after the checkpoint is about to be re-done
+        run.truncate_history(json.loads(resume_files["state.json"])["step"])
     result = fit(
         model,
         batches,
@@ -218,9 +213,8 @@ def _train_in(
     run.write_json("metrics.json", summary)
     run.write_manifest()
     elapsed = time.perf_counter() - started
-    headline = metrics.get("test") or metrics.get("validation") or metrics["train"]
-    split_name = "test" if "test" in metrics else "validation" if "validation" in metrics else "train"
+    split_name = next(name for name in ("test", "validation", "train") if name in metrics)
     key = "accuracy" if features.task == "classification" else "mse"
-    echo(f"done in {elapsed:.1f}s: {split_name} {key} {headline[key]:.4f}; run directory {run.path}")
+    echo(f"done in {elapsed:.1f}s: {split_name} {key} {metrics[split_name][key]:.4f}; run directory {run.path}")
     return TrainResult(run.path, summary)
 

@@ -227,7 +227,7 @@ def fit(
         save_checkpoint(checkpoint.pack(model, optimizer, rng, best_weights, saved), state.step)
 
     if progress is not None:
-        progress.start(state.step)
+        progress.start(state.step, total_steps, math.ceil(total_steps / steps_per_epoch))
     wall_start, seconds_before = time.perf_counter(), state.train_seconds
     model.train()
     running_loss = torch.tensor(state.loss_since_log, dtype=torch.float32, device=device)
