@@ -122,13 +122,14 @@ def predict(
     Each line holds the input, then the label and class probabilities (classification) or the value
     (regression).
     """
-    from forgeml.predictor import load
+    from forgeml.predictor import IMAGE_SUFFIXES, load
 
     predictor = load(run)
     table = predictor.to_table([str(p) for p in inputs])
-    names = list(table.origins) if len(table.origins) == len(table) else None
+    images = all(p.suffix.lower() in IMAGE_SUFFIXES for p in inputs)
     for index, prediction in enumerate(predictor.predict(table)):
-        source = names[index] if names else f"{table.origins[table.origin_index[index]]}:{int(table.line[index])}"
+        origin = table.origins[table.origin_index[index]]
+        source = origin if images else f"{origin}:{int(table.line[index])}"  # a file, or file:line of a CSV row
         typer.echo(json.dumps({"input": source, **prediction}))
 
 

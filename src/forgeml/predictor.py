@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from forgeml.config import load_config
+from forgeml.config import validate_config
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
 from forgeml.data.sources import read_csv
@@ -170,7 +170,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     """
     run = RunDir.open(run_dir)
     run.verify(RUN_FILES)
-    config = load_config(run.read_yaml("config.yaml"))
+    config = validate_config(run.read_yaml("config.yaml"), origin=str(run / "config.yaml"))
     features = Features.from_state(run.read_json("features.json"))
     torch_device = resolve_device(device)
     model = MODELS.build(config.model, input_shape=features.input_shape, num_outputs=features.num_outputs)

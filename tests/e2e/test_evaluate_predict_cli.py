@@ -57,6 +57,9 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
             "validation": forge("evaluate", digits_run.path, "--split", "validation", "--json"),
         }
 
+    one_row = root / "one_row.csv"
+    one_row.write_text("x\n7\n")
+
     def regression() -> dict[str, Any]:
         train = forge("train", EXAMPLES / "linear_regression_gd.yaml", "--out", line, "--set", "train.epochs=500")
         if train.returncode != 0:
@@ -64,6 +67,7 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
         return {
             "train": train,
             "predict": forge("predict", line, EXAMPLES / "data" / "line_inputs.csv"),
+            "predict_one_row": forge("predict", line, one_row),
             "evaluate": forge("evaluate", line, "--split", "train", "--json"),
             "evaluate_test": forge("evaluate", line),
         }
@@ -178,6 +182,8 @@ def test_predict_csv_on_the_regression_run(calls: dict[str, Any]) -> None:
         assert prediction["input"].endswith(f"line_inputs.csv:{number}")  # file and line of each row
         assert prediction["value"] == pytest.approx(2 * x, abs=0.01)
     assert inputs[0] == 5.0 and predictions[0]["value"] == pytest.approx(10.0, abs=0.01)
+    (single,) = json_lines(calls["regression"]["predict_one_row"].stdout)  # a one-row CSV still names its line
+    assert single["input"].endswith("one_row.csv:2") and single["value"] == pytest.approx(14.0, abs=0.01)
 
 
 def test_evaluate_regression_reports_mse_mae_r2(calls: dict[str, Any]) -> None:
