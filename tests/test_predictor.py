@@ -199,7 +199,7 @@ def test_predict_a_csv_of_the_training_rows_matches_the_split(table_run: Trained
     [
         ([{"size": 1.0}], "input rows need the columns size, colour; missing colour"),
         ([], "nothing to predict: give a CSV file, image files, or rows"),
-        (["notes.txt"], "give one CSV file or image files"),
+        (["notes.txt"], "give one CSV or JSON Lines file, or image files"),
         ([{"size": "big", "colour": "red"}], "input, line 1: column 'size': cannot read 'big' as a number"),
     ],
 )
@@ -283,3 +283,12 @@ def test_predict_resizes_images_of_another_size_to_the_training_size(image_run: 
     same, large = predictor.predict([tmp_path / "same.png", tmp_path / "large.png"])
     assert large["label"] == same["label"]
     assert large["probabilities"]["big"] == pytest.approx(same["probabilities"]["big"], abs=0.05)
+
+
+def test_predict_a_json_lines_file_equals_the_same_rows(table_run: Trained, tmp_path: Path):
+    import json
+
+    predictor = forgeml.load(table_run.run_dir)
+    rows = [{"size": float(r["size"]), "colour": r["colour"]} for r in csv_rows(table_run.csv)[:4]]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert predictor.predict(tmp_path / "rows.jsonl") == predictor.predict(rows)

@@ -358,7 +358,7 @@ def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list
         raw: dict[str, Any] = source.model_dump(mode="json")
         origin = "config"
     elif isinstance(source, dict):
-        raw, origin = yaml.safe_load(yaml.safe_dump(source)), "config"  # deep copy, plain types
+        raw, origin = yaml.safe_load(yaml.safe_dump(source, sort_keys=False)), "config"  # deep copy, plain types, order kept
     else:
         raw, origin = read_yaml(source), str(source)
         raw.setdefault("name", Path(source).stem)
@@ -370,9 +370,19 @@ TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output")
 DATA_ORDER = ("source", "features", "target", "split", "on_bad_row")
 
 
+def _type_first(data: Any) -> Any:
+    """Put each component's `type` key first, where a reader looks for it."""
+    if isinstance(data, dict):
+        ordered = {"type": data["type"]} if "type" in data else {}
+        return ordered | {key: _type_first(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_type_first(item) for item in data]
+    return data
+
+
 def config_to_dict(cfg: BaseModel) -> dict[str, Any]:
     """The fully resolved config as plain data (defaults filled in), in reading order."""
-    data = cfg.model_dump(mode="json")
+    data = _type_first(cfg.model_dump(mode="json"))
     if "data" in data:  # where rows come from first, how they are split last
         data["data"] = {key: data["data"][key] for key in DATA_ORDER if key in data["data"]} | data["data"]
     return {key: data[key] for key in TOP_LEVEL_ORDER if key in data} | data

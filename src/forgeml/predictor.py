@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from forgeml.config import validate_config
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
-from forgeml.data.sources import read_csv
+from forgeml.data.sources import read_csv, read_jsonl
 from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.registry import MODELS
@@ -108,7 +108,7 @@ class Predictor:
         """Predict raw inputs.
 
         Args:
-            inputs: a CSV path; image file paths (a path or a list of paths); a list of row dicts;
+            inputs: a CSV or JSON Lines path; image file paths (a path or a list of paths); a list of row dicts;
                 a dict of columns; or a ``Table``.
 
         Returns:
@@ -135,7 +135,11 @@ class Predictor:
                 return self._image_table(paths)
             if len(paths) == 1 and paths[0].suffix.lower() in (".csv", ".tsv"):
                 return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
-            raise DataError(f"give one CSV file or image files ({', '.join(sorted(IMAGE_SUFFIXES))}); got {', '.join(map(str, paths[:3]))}")
+            if len(paths) == 1 and paths[0].suffix.lower() in (".jsonl", ".ndjson"):
+                return read_jsonl(paths[0])
+            raise DataError(
+                f"give one CSV or JSON Lines file, or image files ({', '.join(sorted(IMAGE_SUFFIXES))}); got {', '.join(map(str, paths[:3]))}"
+            )
         if items and all(isinstance(i, dict) for i in items):
             names = self.features.columns
             missing = [n for n in names if any(n not in row for row in items)]

@@ -10,7 +10,7 @@ from helpers import tiny_config
 
 from forgeml.config import load_config
 from forgeml.data.dataset import load_dataset
-from forgeml.data.sources import BREAST_CANCER_COLUMNS, load_breast_cancer_table, load_digits_table, load_mnist5k_table, read_csv
+from forgeml.data.sources import BREAST_CANCER_COLUMNS, load_breast_cancer_table, load_digits_table, load_mnist5k_table, read_csv, read_jsonl
 from forgeml.errors import DataError
 from forgeml.registry import SOURCES
 
@@ -189,3 +189,49 @@ def test_builtin_source_description_and_default_columns():
     data = SOURCES.build(load_config(tiny_config()).data.source)
     assert data.description == "built-in dataset digits"
     assert len(data.table) == 1797
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON Lines
+
+
+def test_read_jsonl_columns_lines_and_missing_keys(tmp_path: Path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"x": 1.5, "colour": "red", "y": 3}\n\n{"x": 2, "y": 5, "extra": true}\n{"colour": "blue", "y": 7}\n')
+    table = read_jsonl(path)
+    assert list(table.columns) == ["x", "colour", "y", "extra"]  # every key, first seen first
+    assert table.columns["x"].tolist() == [1.5, 2, None]  # a key missing from a row is a missing value
+    assert table.columns["colour"].tolist() == ["red", None, "blue"]
+    assert table.line.tolist() == [1, 3, 4]  # the blank line is skipped but counted
+    assert table.where(2) == f"{path}, line 4"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"x": 1}\n{"x": 2,\n', "line 2: not valid JSON"),
+        ('{"x": 1}\n[1, 2]\n', "line 2: expected a JSON object {...}, found list"),
+        ("\n\n", "no rows"),
+    ],
+)
+def test_read_jsonl_errors_name_the_file_and_line(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    with pytest.raises(DataError, match=str(path).replace("\\", "\\\\")) as error:
+        read_jsonl(path)
+    assert message in str(error.value)
+
+
+def test_jsonl_source_per_split_files_and_a_missing_value_in_training(tmp_path: Path):
+    for split, rows in {"train": [(1, 2), (2, 4), (3, 6)], "test": [(4, 8)]}.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(f'{{"x": {x}, "y": {y}}}\n' for x, y in rows))
+    data = source_data({"type": "jsonl", "paths": {"train": str(tmp_path / "train.jsonl"), "test": str(tmp_path / "test.jsonl")}})
+    assert data.table.split.tolist() == ["train", "train", "train", "test"]
+    assert data.description.startswith("JSON Lines files train=")
+
+    (tmp_path / "gap.jsonl").write_text('{"x": 1, "y": 2}\n{"y": 4}\n')
+    cfg = load_config(
+        tiny_config(data={"source": {"type": "jsonl", "path": str(tmp_path / "gap.jsonl")}, "features": [{"type": "number", "name": "x"}], "target": {"type": "number", "name": "y"}})
+    )
+    with pytest.raises(DataError, match=r"gap\.jsonl, line 2: column 'x': missing value"):
+        load_dataset(cfg.data, cfg.seed)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -111,21 +112,19 @@ def load_builtin(cfg: BuiltinConfig) -> SourceData:
 
 
 # --------------------------------------------------------------------------------------------------
-# CSV files
+# files: CSV / TSV and JSON Lines, one file split by data.split or a file per split
 
 
-class CSVConfig(Section):
-    """Rows from CSV/TSV files: one file split by fractions, or a file per split."""
+class FileSourceConfig(Section):
+    """What every file source has: one file, or one file per split."""
 
-    type: Literal["csv"] = Field(description="CSV / TSV files.")
-    path: Optional[str] = Field(None, description="A CSV file, split by data.split (relative paths: from the current directory).")
+    path: Optional[str] = Field(None, description="A data file, split by data.split (relative paths: from the current directory).")
     paths: Optional[dict[Literal["train", "validation", "test"], str]] = Field(
         None, description="One file per split: {train: ..., validation: ..., test: ...}."
     )
-    delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator (use '\\t' for TSV).")
 
     @model_validator(mode="after")
-    def _one_of(self) -> "CSVConfig":
+    def _one_of(self) -> "FileSourceConfig":
         if (self.path is None) == (self.paths is None):
             raise ValueError("give exactly one of `path` (one file) or `paths` (a file per split)")
         if self.paths is not None and "train" not in self.paths:
@@ -133,11 +132,41 @@ class CSVConfig(Section):
         return self
 
 
-def read_csv(path: str | Path, delimiter: str = ",") -> Table:
-    """Read a CSV file with a header row into string columns; errors name the file and line."""
+def load_files(cfg: FileSourceConfig, read: Callable[[str], Table], kind: str) -> SourceData:
+    """Read ``cfg.path``, or each file of ``cfg.paths`` with its split name on every row."""
+    if cfg.path is not None:
+        return SourceData(read(cfg.path), description=f"{kind} file {cfg.path}")
+    assert cfg.paths is not None
+    tables = []
+    for split, path in cfg.paths.items():
+        table = read(path)
+        table.split = np.full(len(table), split, dtype=object)
+        tables.append(table)
+    try:
+        merged = Table.concat(tables)
+    except ValueError:
+        headers = {split: list(t.columns) for split, t in zip(cfg.paths, tables)}
+        raise DataError(f"the split files have different columns: {headers}") from None
+    return SourceData(merged, description=f"{kind} files " + ", ".join(f"{k}={v}" for k, v in cfg.paths.items()))
+
+
+def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    return path
+
+
+class CSVConfig(FileSourceConfig):
+    """Rows from CSV/TSV files with a header row: one file split by fractions, or a file per split."""
+
+    type: Literal["csv"] = Field(description="CSV / TSV files.")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator (use '\\t' for TSV).")
+
+
+def read_csv(path: str | Path, delimiter: str = ",") -> Table:
+    """Read a CSV file with a header row into string columns; errors name the file and line."""
+    path = _existing_file(path)
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         try:
@@ -165,20 +194,41 @@ def read_csv(path: str | Path, delimiter: str = ",") -> Table:
 
 @SOURCES.register("csv", CSVConfig)
 def load_csv(cfg: CSVConfig) -> SourceData:
-    if cfg.path is not None:
-        return SourceData(read_csv(cfg.path, cfg.delimiter), description=f"CSV file {cfg.path}")
-    assert cfg.paths is not None
-    tables = []
-    for split, path in cfg.paths.items():
-        table = read_csv(path, cfg.delimiter)
-        table.split = np.full(len(table), split, dtype=object)
-        tables.append(table)
-    try:
-        merged = Table.concat(tables)
-    except ValueError:
-        headers = {split: list(t.columns) for split, t in zip(cfg.paths, tables)}
-        raise DataError(f"the split files have different columns: {headers}") from None
-    return SourceData(merged, description="CSV files " + ", ".join(f"{k}={v}" for k, v in cfg.paths.items()))
+    return load_files(cfg, lambda path: read_csv(path, cfg.delimiter), "CSV")
+
+
+class JSONLConfig(FileSourceConfig):
+    """Rows from JSON Lines files: one JSON object per line; a key missing from a row is a missing value."""
+
+    type: Literal["jsonl"] = Field(description="JSON Lines files.")
+
+
+def read_jsonl(path: str | Path) -> Table:
+    """Read a JSON Lines file (one object per line) into columns; errors name the file and line."""
+    path = _existing_file(path)
+    rows, lines = [], []
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object {{...}}, found {type(row).__name__}")
+            rows.append(row)
+            lines.append(number)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    names = list(dict.fromkeys(key for row in rows for key in row))  # every key, in first-seen order
+    columns = {name: np.array([row.get(name) for row in rows], dtype=object) for name in names}
+    return Table(columns, [str(path)], np.zeros(len(rows), dtype=np.int64), np.array(lines), None, path.parent)
+
+
+@SOURCES.register("jsonl", JSONLConfig)
+def load_jsonl(cfg: JSONLConfig) -> SourceData:
+    return load_files(cfg, read_jsonl, "JSON Lines")
 
 
 # --------------------------------------------------------------------------------------------------
