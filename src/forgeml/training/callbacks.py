@@ -54,15 +54,9 @@ class Progress:
             self._bar.start()
             self._task = self._bar.add_task("train", total=self.total_steps, completed=step, **self.fields)
 
-    def update(self, step: int, *, epoch: int, loss: float | None = None, metric: str | None = None, rate: float | None = None) -> None:
+    def update(self, step: int, *, epoch: int, loss: float, rate: float) -> None:
         """Record a logged training step (called every log_every steps, not every step)."""
-        self.fields["epoch"] = epoch
-        if loss is not None:
-            self.fields["loss"] = f"{loss:.4f}"
-        if metric is not None:
-            self.fields["metric"] = metric
-        if rate is not None:
-            self.fields["rate"] = f"{rate:.0f}"
+        self.fields.update(epoch=epoch, loss=f"{loss:.4f}", rate=f"{rate:.0f}")
         if self._bar is not None:
             self._bar.update(self._task, completed=step, **self.fields)
         else:
