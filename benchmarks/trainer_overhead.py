@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from forgeml.config import TrainConfig, load_config
 from forgeml.data.batches import InMemoryBatches
 from forgeml.data.sources import load_mnist5k_table
+from forgeml.inputs import InputSpec
 from forgeml.models.cnn import CNNConfig, build_cnn
 
 from forgeml.training.loop import fit
@@ -220,7 +221,7 @@ ModelMaker = Callable[[], torch.nn.Module]
 def cnn_maker() -> ModelMaker:
     """The examples/mnist_cnn.yaml network, built by forgeml's build_cnn (for both sides)."""
     cfg = model_config()
-    return lambda: build_cnn(cfg, input_shape=(1, 28, 28), num_outputs=10)
+    return lambda: build_cnn(cfg, inputs=InputSpec("image", (1, 28, 28)), num_outputs=10)
 
 
 def tiny_maker() -> ModelMaker:

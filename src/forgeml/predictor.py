@@ -177,7 +177,7 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     config = validate_config(run.read_yaml("config.yaml"), origin=str(run / "config.yaml"))
     features = Features.from_state(run.read_json("features.json"))
     torch_device = resolve_device(device)
-    model = MODELS.build(config.model, input_shape=features.input_shape, num_outputs=features.num_outputs)
+    model = MODELS.build(config.model, inputs=features.input_spec, num_outputs=features.num_outputs)
     try:
         model.load_state_dict(load_file(run / "model.safetensors"))
     except (RuntimeError, OSError) as exc:

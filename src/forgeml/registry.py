@@ -3,7 +3,7 @@
 A component registers itself together with its config class::
 
     @MODELS.register("cnn", CNNConfig)
-    def build_cnn(cfg: CNNConfig, *, input_shape, num_outputs): ...
+    def build_cnn(cfg: CNNConfig, *, inputs: InputSpec, num_outputs: int): ...
 
 The config layer asks a registry for its config classes to build the schema. Registries discover
 their members by importing the packages named at construction time, on first use, so that this

@@ -205,7 +205,7 @@ def test_features_properties_and_transforms(csv_dataset: Path):
     assert features.task == "classification" and features.num_outputs == 2
     assert features.label_names == ["big", "small"]
     assert features.columns == ["size", "colour"]
-    assert features.input_shape == (5,)  # 1 number + <unknown>, blue, green, red
+    assert features.input_spec.shape == (5,)  # 1 number + <unknown>, blue, green, red
     inputs = features.transform_inputs(table)
     assert inputs.shape == (60, 5) and inputs.dtype == torch.float32
     targets = features.transform_target(table)
@@ -232,7 +232,7 @@ def test_state_survives_json_and_gives_identical_transforms(csv_dataset: Path):
         assert state == features.to_state()
         again = Features.from_state(state)
         assert again.to_state() == state
-        assert (again.task, again.label_names, again.input_shape, again.columns) == (features.task, features.label_names, features.input_shape, features.columns)
+        assert (again.task, again.label_names, again.input_spec, again.columns) == (features.task, features.label_names, features.input_spec, features.columns)
         reparsed = again.parse(table)  # a fresh bundle parses raw rows the same way
         assert torch.equal(again.transform_inputs(reparsed), features.transform_inputs(parsed))
         assert torch.equal(again.transform_target(reparsed), features.transform_target(parsed))

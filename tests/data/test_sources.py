@@ -182,7 +182,7 @@ def test_breast_cancer_shorthand_fills_in_its_columns():
     assert (cfg.data.target.type, cfg.data.target.name) == ("category", "diagnosis")
     dataset = load_dataset(cfg.data, cfg.seed)
     dataset.features.fit(dataset.split("train"))
-    assert dataset.features.label_names == ["benign", "malignant"] and dataset.features.input_shape == (30,)
+    assert dataset.features.label_names == ["benign", "malignant"] and dataset.features.input_spec.shape == (30,)
 
 
 def test_builtin_source_description_and_default_columns():

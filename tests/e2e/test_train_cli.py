@@ -131,7 +131,7 @@ def test_features_json_describes_the_fitted_preprocessing(digits_run: TrainedRun
     features = read_json(digits_run.path / "features.json")
     assert features["task"] == "classification"
     assert features["label_names"] == [str(i) for i in range(10)]
-    assert features["input_shape"] == [1, 8, 8]
+    assert features["input"] == {"kind": "image", "shape": [1, 8, 8], "vocab_size": 0, "pad_id": 0}
     assert [entry["config"]["type"] for entry in features["inputs"]] == ["image"]
     assert sum(features["splits"]["rows"].values()) == 1797  # scikit-learn's digits
 
@@ -244,7 +244,7 @@ def test_train_on_number_and_category_columns(calls: dict[str, Any]) -> None:
     assert result.returncode == 0, describe(result)
     features = read_json(run / "features.json")
     assert [entry["config"]["type"] for entry in features["inputs"]] == ["number", "category"]
-    assert features["input_shape"] == [5]  # one number + <unknown>, blue, green, red
+    assert features["input"]["shape"] == [5]  # one number + <unknown>, blue, green, red
     assert features["inputs"][1]["state"]["vocabulary"] == ["<unknown>", "blue", "green", "red"]
     assert features["label_names"] == ["big", "small"]
     assert features["splits"]["rows"] == {"train": 36, "validation": 12, "test": 12}
@@ -258,7 +258,7 @@ def test_train_on_an_image_path_column(calls: dict[str, Any]) -> None:
     assert result.returncode == 0, describe(result)
     features = read_json(run / "features.json")
     assert [entry["config"]["type"] for entry in features["inputs"]] == ["image"]
-    assert features["input_shape"] == [1, 8, 8]
+    assert features["input"] == {"kind": "image", "shape": [1, 8, 8], "vocab_size": 0, "pad_id": 0}
     assert features["label_names"] == ["big", "small"]
     metrics = read_json(run / "metrics.json")
     assert metrics["splits"]["test"]["accuracy"] >= 0.9, "brightness separates the labels; the model should learn it"

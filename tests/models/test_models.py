@@ -9,15 +9,17 @@ import torch
 from torch import nn
 
 from forgeml.errors import ConfigError
+from forgeml.inputs import InputSpec
 from forgeml.registry import MODELS
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 def build(input_shape: tuple[int, ...], num_outputs: int = 3, **cfg: Any) -> nn.Module:
-    """A model built through the registry from a config dict."""
+    """A model built through the registry from a config dict, for vector (1-d shape) or image (3-d) inputs."""
     config = MODELS.get(cfg["type"]).config.model_validate(cfg)
-    return MODELS.build(config, input_shape=input_shape, num_outputs=num_outputs)
+    spec = InputSpec("image" if len(input_shape) == 3 else "vector", input_shape)
+    return MODELS.build(config, inputs=spec, num_outputs=num_outputs)
 
 
 def layer_types(model: nn.Module) -> list[type]:

@@ -17,6 +17,7 @@ from forgeml.config import load_config
 from forgeml.data.batches import InMemoryBatches
 from forgeml.data.dataset import load_dataset
 from forgeml.errors import ConfigError
+from forgeml.inputs import InputSpec
 from forgeml.registry import MODELS
 from forgeml.training.loop import FitResult, batched_outputs, compute_loss, fit, resolve_device, seed_everything, task_metrics
 from forgeml.training.optim import lr_at
@@ -33,7 +34,7 @@ class Digits:
 
     train: tuple[torch.Tensor, torch.Tensor]
     validation: tuple[torch.Tensor, torch.Tensor]
-    input_shape: tuple[int, ...]
+    inputs: InputSpec
 
 
 @dataclass
@@ -55,7 +56,7 @@ def digits(single_thread_torch: None) -> Digits:
     tables = {name: dataset.split(name) for name in ("train", "validation")}
     features.fit(tables["train"])
     encoded = {name: (features.transform_inputs(t), features.transform_target(t)) for name, t in tables.items()}
-    return Digits(encoded["train"], encoded["validation"], features.input_shape)
+    return Digits(encoded["train"], encoded["validation"], features.input_spec)
 
 
 def run_fit(
@@ -69,7 +70,7 @@ def run_fit(
     settings = {"epochs": 1, "batch_size": 64, "lr": 0.01, "log_every": 10, "checkpoint_every": None, **train}
     cfg = load_config(tiny_config(model=model, train=settings))
     seed_everything(cfg.seed)
-    net = MODELS.build(cfg.model, input_shape=data.input_shape, num_outputs=10)
+    net = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=10)
     batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
     batches = InMemoryBatches(data.train, batch_size, shuffle=batch_size is not None, seed=cfg.seed)
     checkpoints: dict[int, dict[str, bytes]] = {}
@@ -200,7 +201,7 @@ def update_norm(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
 def initial_weights(data: Digits, model: dict[str, Any] = MLP) -> dict[str, torch.Tensor]:
     """The seeded initial weights ``run_fit`` starts from."""
     seed_everything(0)
-    return MODELS.build(MODELS.get(model["type"]).config.model_validate(model), input_shape=data.input_shape, num_outputs=10).state_dict()
+    return MODELS.build(MODELS.get(model["type"]).config.model_validate(model), inputs=data.inputs, num_outputs=10).state_dict()
 
 
 def test_grad_clip_bounds_the_update(digits: Digits):
@@ -229,7 +230,7 @@ def test_label_smoothing_changes_the_training_loss(digits: Digits):
     smoothed = run_fit(digits, max_steps=1, log_every=1, with_validation=False, label_smoothing=0.2)
     seed_everything(0)
     first_batch = next(InMemoryBatches(digits.train, 64, seed=0).epoch())
-    model = MODELS.build(MODELS.get("mlp").config.model_validate(MLP), input_shape=digits.input_shape, num_outputs=10)
+    model = MODELS.build(MODELS.get("mlp").config.model_validate(MLP), inputs=digits.inputs, num_outputs=10)
     with torch.no_grad():
         outputs = model(first_batch[0])
     assert plain.logs[0]["loss"] == pytest.approx(float(compute_loss(outputs, first_batch[1], "classification")), rel=1e-6)

@@ -19,6 +19,7 @@ from pydantic import Field
 from forgeml.config import Section
 from forgeml.data.table import Table
 from forgeml.errors import DataError
+from forgeml.inputs import InputSpec
 from forgeml.registry import FEATURES
 
 MISSING = {"", "na", "nan", "null", "none", "n/a"}
@@ -295,6 +296,9 @@ class ImageFeature:
         std = np.array(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         return ((values - mean) / std).astype(np.float32)
 
+    def spec(self) -> InputSpec:
+        return InputSpec("image", tuple(self.shape or ()))
+
     def state(self) -> dict[str, Any]:
         return {"mean": self.mean, "std": self.std, "shape": list(self.shape or ())}
 
@@ -354,10 +358,12 @@ class Features:
         return len(self.label_names) if self.task == "classification" else 1
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        if self.inputs[0].kind == "image":
-            return tuple(self.inputs[0].shape)
-        return (sum(f.width for f in self.inputs),)
+    def input_spec(self) -> InputSpec:
+        """What the model is given (kind and per-example shape), once fitted."""
+        first = self.inputs[0]
+        if first.kind != "vector":
+            return first.spec()
+        return InputSpec("vector", (sum(f.width for f in self.inputs),))
 
     @property
     def columns(self) -> list[str]:
@@ -433,7 +439,7 @@ class Features:
             "task": self.task,
             "inputs": [entry(f) for f in self.inputs],
             "target": entry(self.target),
-            "input_shape": list(self.input_shape),
+            "input": self.input_spec.to_dict(),
             "label_names": self.label_names,
         }
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from forgeml.config import Section
 from forgeml.errors import ConfigError
+from forgeml.inputs import InputSpec
 from forgeml.models.layers import Activation, activation, dense_stack
 from forgeml.registry import MODELS
 
@@ -42,12 +43,13 @@ class CNNConfig(Section):
 
 
 @MODELS.register("cnn", CNNConfig)
-def build_cnn(cfg: CNNConfig, *, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    if len(input_shape) != 3:
+def build_cnn(cfg: CNNConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module:
+    if inputs.kind != "image":
         raise ConfigError(
-            f"model.type cnn needs an image input (channels x height x width); this data gives a vector of "
-            f"{input_shape[0]} numbers: use mlp or linear"
+            f"model.type cnn needs an image input (channels x height x width); this data gives {inputs.describe()}: "
+            + {"tokens": "use textcnn, rnn, attention or transformer", "sequence": "use rnn, mlp or linear"}.get(inputs.kind, "use mlp or linear")
         )
+    input_shape = inputs.shape
     layers: list[nn.Module] = []
     channels = input_shape[0]
     for block in cfg.blocks:

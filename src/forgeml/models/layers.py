@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from torch import nn
+
+from forgeml.errors import ConfigError
+from forgeml.inputs import InputSpec
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu", "silu"]
 
@@ -35,3 +39,12 @@ def dense_stack(in_features: int, hidden: list[int], act: str, dropout: float, b
             layers.append(nn.Dropout(dropout))
         width = size
     return nn.Sequential(*layers), width
+
+
+def flat_width(model: str, inputs: InputSpec) -> int:
+    """Input width of a model that flattens its input; token ids cannot be flattened into numbers."""
+    if inputs.kind == "tokens":
+        raise ConfigError(
+            f"model.type {model} cannot read text (token ids); use rnn, attention, textcnn or transformer"
+        )
+    return math.prod(inputs.shape)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import Field
 from torch import nn
 
 from forgeml.config import Section
+from forgeml.inputs import InputSpec
+from forgeml.models.layers import flat_width
 from forgeml.registry import MODELS
 
 
@@ -23,8 +24,8 @@ class LinearConfig(Section):
 
 
 @MODELS.register("linear", LinearConfig)
-def build_linear(cfg: LinearConfig, *, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    layer = nn.Linear(math.prod(input_shape), num_outputs, bias=cfg.bias)
+def build_linear(cfg: LinearConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module:
+    layer = nn.Linear(flat_width("linear", inputs), num_outputs, bias=cfg.bias)
     if cfg.init == "zeros":
         nn.init.zeros_(layer.weight)
         if layer.bias is not None:

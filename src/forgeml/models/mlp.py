@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from pydantic import Field
 from torch import nn
 
 from forgeml.config import Section
-from forgeml.models.layers import Activation, dense_stack
+from forgeml.inputs import InputSpec
+from forgeml.models.layers import Activation, dense_stack, flat_width
 from forgeml.registry import MODELS
 
 
@@ -24,6 +24,6 @@ class MLPConfig(Section):
 
 
 @MODELS.register("mlp", MLPConfig)
-def build_mlp(cfg: MLPConfig, *, input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    stack, width = dense_stack(math.prod(input_shape), cfg.hidden, cfg.activation, cfg.dropout, cfg.batch_norm)
+def build_mlp(cfg: MLPConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module:
+    stack, width = dense_stack(flat_width("mlp", inputs), cfg.hidden, cfg.activation, cfg.dropout, cfg.batch_norm)
     return nn.Sequential(nn.Flatten(), stack, nn.Linear(width, num_outputs))

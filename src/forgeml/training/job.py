@@ -142,7 +142,7 @@ def _train_in(
 
     # -- model
     seed_everything(cfg.seed)
-    model = MODELS.build(cfg.model, input_shape=features.input_shape, num_outputs=features.num_outputs).to(device)
+    model = MODELS.build(cfg.model, inputs=features.input_spec, num_outputs=features.num_outputs).to(device)
     parameters = sum(p.numel() for p in model.parameters())
 
     train_x, train_y = (t.to(device) for t in tensors["train"])

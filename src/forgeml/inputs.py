@@ -1,0 +1,44 @@
+"""What a model is given: the contract between the data side (features) and the architectures.
+
+Every model takes one tensor per example batch. ``InputSpec`` says which kind of tensor it is, so a
+model can check it was paired with suitable data and size its first layer:
+
+    vector    N x D float           numbers and one-hot categories
+    image     N x C x H x W float   an image feature
+    tokens    N x L int64           token ids of a text feature, padded with ``pad_id`` (padding
+                                    positions are where ids == pad_id: that is the padding mask)
+    sequence  N x T x F float       sliding windows over a numeric series (forecasting)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+InputKind = Literal["vector", "image", "tokens", "sequence"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: its kind, the shape of one example, and for tokens the vocabulary."""
+
+    kind: InputKind
+    shape: tuple[int, ...]
+    vocab_size: int = 0
+    pad_id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shape": list(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
+        return cls(data["kind"], tuple(data["shape"]), int(data.get("vocab_size", 0)), int(data.get("pad_id", 0)))
+
+    def describe(self) -> str:
+        if self.kind == "tokens":
+            return f"token ids (length {self.shape[0]}, vocabulary {self.vocab_size:,})"
+        if self.kind == "sequence":
+            return f"windows of {self.shape[0]} steps x {self.shape[1]} values"
+        if self.kind == "image":
+            return f"{self.shape[0]}-channel {self.shape[1]}x{self.shape[2]} images"
+        return f"a vector of {self.shape[0]} numbers"
