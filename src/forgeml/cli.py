@@ -125,11 +125,11 @@ def predict(
     from forgeml.predictor import IMAGE_SUFFIXES, load
 
     predictor = load(run)
-    table = predictor.to_table([str(p) for p in inputs])
+    rows, predictions = predictor.predict_rows([str(p) for p in inputs])
     images = all(p.suffix.lower() in IMAGE_SUFFIXES for p in inputs)
-    for index, prediction in enumerate(predictor.predict(table)):
-        origin = table.origins[table.origin_index[index]]
-        source = origin if images else f"{origin}:{int(table.line[index])}"  # a file, or file:line of a CSV row
+    for index, prediction in enumerate(predictions):
+        origin = rows.origins[rows.origin_index[index]]
+        source = origin if images else f"{origin}:{int(rows.line[index])}"  # a file, or file:line of a CSV row
         typer.echo(json.dumps({"input": source, **prediction}))
 
 

@@ -61,10 +61,14 @@ class Predictor:
         """Class probabilities for encoded inputs (classification only)."""
         return torch.softmax(self.outputs(inputs), dim=-1)
 
+    def parse(self, rows: Table) -> Table:
+        """Parse raw rows (a Table with the input columns): the rows that can be predicted, with their
+        origins. A sequence model leaves out the first rows of a series, which have no full window."""
+        return self.features.parse(rows, on_bad_row="error", with_target=False, hint="")
+
     def encode(self, rows: Table) -> torch.Tensor:
         """Encode raw rows (a Table with the input columns) into model inputs."""
-        parsed = self.features.parse(rows, on_bad_row="error", with_target=False, hint="")
-        return self.features.transform_inputs(parsed)
+        return self.features.transform_inputs(self.parse(rows))
 
     # -- the run's own data
 
@@ -112,12 +116,19 @@ class Predictor:
                 a dict of columns; or a ``Table``.
 
         Returns:
-            One dict per input row: ``{"label", "probabilities"}`` or ``{"value"}``.
+            One dict per input row: ``{"label", "probabilities"}`` or ``{"value"}``. For a sequence
+            model, one per row with a full window of history (the last is the forecast past the end).
 
         Raises:
             DataError: a file is missing, a column is absent or a value cannot be read.
         """
-        return self.decode(self.outputs(self.encode(self.to_table(inputs))))
+        return self.predict_rows(inputs)[1]
+
+    def predict_rows(self, inputs: Any) -> tuple[Table, list[dict[str, Any]]]:
+        """Like ``predict``, also returning the parsed rows the predictions are for (their ``where()``
+        names the file and line of each)."""
+        parsed = self.parse(self.to_table(inputs))
+        return parsed, self.decode(self.outputs(self.features.transform_inputs(parsed)))
 
     def to_table(self, inputs: Any) -> Table:
         """Raw inputs (see ``predict``) as a Table of the model's input columns."""
@@ -175,7 +186,11 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     run = RunDir.open(run_dir)
     run.verify(RUN_FILES)
     config = validate_config(run.read_yaml("config.yaml"), origin=str(run / "config.yaml"))
-    features = Features.from_state(run.read_json("features.json"))
+    def read(name: str) -> bytes:  # a feature's own file, e.g. tokenizer.json
+        run.verify([name])
+        return (run / name).read_bytes()
+
+    features = Features.from_state(run.read_json("features.json"), read)
     torch_device = resolve_device(device)
     model = MODELS.build(config.model, inputs=features.input_spec, num_outputs=features.num_outputs)
     try:

@@ -56,6 +56,14 @@ def split_rows(n: int, validation: float, test: float, seed: int, strata: np.nda
     return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
 
 
+def split_in_order(n: int, validation: float, test: float) -> dict[str, np.ndarray]:
+    """The first rows train, the next validation, the last test: a forecaster is tested on the future."""
+    n_test, n_validation = int(round(n * test)), int(round(n * validation))
+    n_train = n - n_test - n_validation
+    bounds = {"train": (0, n_train), "validation": (n_train, n_train + n_validation), "test": (n_train + n_validation, n)}
+    return {name: np.arange(start, stop, dtype=np.int64) for name, (start, stop) in bounds.items()}
+
+
 def load_dataset(data_cfg: Any, seed: int) -> Dataset:
     """Read the source, parse every column (dropping or rejecting bad rows), and split the rows.
 
@@ -89,10 +97,12 @@ def load_dataset(data_cfg: Any, seed: int) -> Dataset:
         if unknown:
             raise DataError(f"split names must be train, validation or test; found {unknown[:5]}")
         splits = {name: np.flatnonzero(names == name).astype(np.int64) for name in SPLITS}
+    elif split_cfg.order == "sequential":
+        splits = split_in_order(len(table), split_cfg.validation, split_cfg.test)
     else:
         strata = None
         if split_cfg.stratify and features.task == "classification":
-            strata = table.columns[data_cfg.target.name].astype(str)
+            strata = table.columns[features.target_key].astype(str)
         splits = split_rows(len(table), split_cfg.validation, split_cfg.test, seed, strata)
     if len(splits["train"]) == 0:
         raise DataError(f"{source.description}: the training split is empty ({len(table)} usable rows)")

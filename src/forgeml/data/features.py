@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -23,15 +23,23 @@ from forgeml.inputs import InputSpec
 from forgeml.registry import FEATURES
 
 MISSING = {"", "na", "nan", "null", "none", "n/a"}
+FORECAST = "__target__"  # the parsed target's key when it shares its raw column with an input (forecasting)
 
 
 class Parsed:
-    """Parsed values of one column, with the rows that could not be read and why."""
+    """Parsed values of one column, with the rows that could not be read and why.
 
-    def __init__(self, values: np.ndarray, bad: np.ndarray | None = None, reasons: dict[int, str] | None = None):
+    ``drop`` marks rows that are fine but cannot be used, whatever ``on_bad_row`` says: the first
+    rows of a series before a whole window of history exists, the last rows of a forecast target.
+    """
+
+    def __init__(
+        self, values: np.ndarray, bad: np.ndarray | None = None, reasons: dict[int, str] | None = None, drop: np.ndarray | None = None
+    ):
         self.values = values
         self.bad = np.zeros(len(values), dtype=bool) if bad is None else bad
         self.reasons = reasons or {}
+        self.drop = np.zeros(len(values), dtype=bool) if drop is None else drop
 
 
 def _natural_key(value: str) -> tuple[int, float, str]:
@@ -53,6 +61,48 @@ class NumberConfig(Section):
     normalize: Literal["standard", "minmax", "none"] = Field(
         "standard", description="standard: (x - mean) / std; minmax: to [0, 1]; none: as is. Fitted on the training split."
     )
+    lead: int = Field(
+        0, ge=0, description="Target only: predict the value this many rows ahead in the same file (forecasting; rows are in time order)."
+    )
+
+
+def parse_numbers(column: np.ndarray) -> Parsed:
+    """Floats from a column of numbers or strings; missing and unreadable values are bad rows."""
+    if column.dtype != object:
+        values = column.astype(np.float64)
+        bad = ~np.isfinite(values)
+        return Parsed(values, bad, {int(i): "missing or not finite" for i in np.flatnonzero(bad)})
+    values = np.zeros(len(column), dtype=np.float64)
+    bad = np.zeros(len(column), dtype=bool)
+    reasons: dict[int, str] = {}
+    for i, raw in enumerate(column):
+        text = "" if raw is None else str(raw).strip()
+        if text.lower() in MISSING:
+            bad[i], reasons[i] = True, "missing value"
+            continue
+        try:
+            values[i] = float(text)
+        except ValueError:
+            bad[i], reasons[i] = True, f"cannot read {text!r} as a number"
+            continue
+        if not math.isfinite(values[i]):
+            bad[i], reasons[i] = True, f"{text!r} is not a finite number"
+    return Parsed(values, bad, reasons)
+
+
+def same_run(table: Table, offset: int) -> np.ndarray:
+    """For each row i, whether row i + offset exists and comes from the same file, on the same side:
+    a window or a lead never reaches across two files."""
+    n = len(table)
+    ok = np.zeros(n, dtype=bool)
+    if abs(offset) >= n:
+        return ok
+    here = np.arange(max(0, -offset), min(n, n - offset))
+    there = here + offset
+    ok[here] = (table.origin_index[here] == table.origin_index[there]) & (
+        np.sign(offset) * (table.line[there] - table.line[here]) > 0
+    )
+    return ok
 
 
 @FEATURES.register("number", NumberConfig)
@@ -65,26 +115,18 @@ class NumberFeature:
         self.width = 1
 
     def parse(self, column: np.ndarray, table: Table) -> Parsed:
-        if column.dtype != object:
-            values = column.astype(np.float64)
-            bad = ~np.isfinite(values)
-            return Parsed(values, bad, {int(i): "missing or not finite" for i in np.flatnonzero(bad)})
-        values = np.zeros(len(column), dtype=np.float64)
-        bad = np.zeros(len(column), dtype=bool)
-        reasons: dict[int, str] = {}
-        for i, raw in enumerate(column):
-            text = "" if raw is None else str(raw).strip()
-            if text.lower() in MISSING:
-                bad[i], reasons[i] = True, "missing value"
-                continue
-            try:
-                values[i] = float(text)
-            except ValueError:
-                bad[i], reasons[i] = True, f"cannot read {text!r} as a number"
-                continue
-            if not math.isfinite(values[i]):
-                bad[i], reasons[i] = True, f"{text!r} is not a finite number"
-        return Parsed(values, bad, reasons)
+        parsed = parse_numbers(column)
+        lead = self.cfg.lead
+        if lead == 0:
+            return parsed
+        # row i's target is the value `lead` rows later; the last rows have none yet
+        n = len(column)
+        usable = same_run(table, lead)
+        source = np.minimum(np.arange(n) + lead, n - 1)
+        values = np.where(usable, parsed.values[source], 0.0)
+        bad = usable & parsed.bad[source]
+        reasons = {int(i): f"the value {lead} row(s) ahead ({table.where(int(source[i]))}): {parsed.reasons.get(int(source[i]), 'bad value')}" for i in np.flatnonzero(bad)}
+        return Parsed(values, bad, reasons, drop=~usable)
 
     def fit(self, values: np.ndarray) -> None:
         if self.cfg.normalize == "standard":
@@ -309,6 +351,171 @@ class ImageFeature:
 
 
 # --------------------------------------------------------------------------------------------------
+# text
+
+
+class TextConfig(Section):
+    """A column of text, split into tokens by a tokenizer trained on the training split."""
+
+    type: Literal["text"] = Field(description="A text column.")
+    name: str = Field(description="Column name.")
+    tokenizer: Literal["word", "bpe"] = Field(
+        "word", description="word: one token per word or punctuation mark; bpe: byte-pair-encoded subwords (fewer unknown words)."
+    )
+    vocab_size: int = Field(20000, ge=10, description="Most tokens kept, the two special tokens [PAD] and [UNK] included.")
+    min_frequency: int = Field(2, ge=1, description="Tokens seen fewer times in training become [UNK].")
+    lowercase: bool = Field(True, description="Lowercase and strip accents before tokenizing.")
+    max_length: Optional[int] = Field(
+        None, ge=1, description="Tokens kept per text (longer texts are truncated, shorter padded); null: enough for 99% of training texts."
+    )
+
+
+PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1: models read ids == 0 as padding, augmentation writes 1 for a dropped token
+
+
+@FEATURES.register("text", TextConfig)
+class TextFeature:
+    """Token ids padded to a fixed length, from a Hugging Face ``tokenizers`` tokenizer.
+
+    The fitted tokenizer (vocabulary, normalisation, truncation and padding) is saved whole as the
+    run's ``tokenizer.json``, which any ``tokenizers`` user can load with ``Tokenizer.from_file``.
+    """
+
+    kind = "tokens"
+    FILE = "tokenizer.json"
+
+    def __init__(self, cfg: TextConfig):
+        self.cfg = cfg
+        self.tokenizer: Any = None
+
+    @property
+    def max_length(self) -> int:
+        return int(self.tokenizer.padding["length"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+    def parse(self, column: np.ndarray, table: Table) -> Parsed:
+        values = np.empty(len(column), dtype=object)
+        bad = np.zeros(len(column), dtype=bool)
+        reasons: dict[int, str] = {}
+        for i, raw in enumerate(column):
+            text = "" if raw is None or (isinstance(raw, float) and math.isnan(raw)) else str(raw)
+            if not text.strip():
+                bad[i], reasons[i] = True, "missing text"
+            values[i] = text
+        return Parsed(values, bad, reasons)
+
+    def _new_tokenizer(self) -> Any:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        model = models.WordLevel(unk_token=UNK) if self.cfg.tokenizer == "word" else models.BPE(unk_token=UNK)
+        tokenizer = Tokenizer(model)
+        if self.cfg.lowercase:
+            tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
+        return tokenizer
+
+    def fit(self, values: np.ndarray) -> None:
+        from tokenizers import trainers
+
+        tokenizer = self._new_tokenizer()
+        trainer_class = trainers.WordLevelTrainer if self.cfg.tokenizer == "word" else trainers.BpeTrainer
+        trainer = trainer_class(
+            vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_frequency, special_tokens=[PAD, UNK], show_progress=False
+        )
+        texts = [str(v) for v in values]
+        tokenizer.train_from_iterator(texts, trainer)
+        max_length = self.cfg.max_length
+        if max_length is None:
+            lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] or [1]
+            max_length = max(1, int(math.ceil(np.percentile(lengths, 99) / 8) * 8))  # a multiple of 8 suits kernels
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=max_length)
+        self.tokenizer = tokenizer
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch([str(v) for v in values])
+        if not encodings:
+            return np.zeros((0, self.max_length), dtype=np.int64)
+        return np.array([e.ids for e in encodings], dtype=np.int64)
+
+    def lengths(self, values: np.ndarray) -> np.ndarray:
+        """Tokens per text before truncation (for data inspect)."""
+        length = self.max_length
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        try:
+            return np.array([len(e.ids) for e in self.tokenizer.encode_batch([str(v) for v in values])], dtype=np.int64)
+        finally:
+            self.tokenizer.enable_truncation(length)
+            self.tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=length)
+
+    def spec(self) -> InputSpec:
+        return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=0)
+
+    def state(self) -> dict[str, Any]:
+        return {"tokenizer": self.FILE, "vocab_size": self.vocab_size, "max_length": self.max_length}
+
+    def files(self) -> dict[str, bytes]:
+        return {self.FILE: self.tokenizer.to_str(pretty=True).encode()}
+
+    def load_state(self, state: dict[str, Any], read: Callable[[str], bytes] | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        if read is None:
+            raise DataError(f"the text feature {self.cfg.name!r} needs its {state['tokenizer']} to be loaded")
+        self.tokenizer = Tokenizer.from_str(read(state["tokenizer"]).decode())
+
+
+# --------------------------------------------------------------------------------------------------
+# numeric sequence
+
+
+class SequenceConfig(Section):
+    """Sliding windows over a numeric column whose rows are in time order (forecasting)."""
+
+    type: Literal["sequence"] = Field(description="Windows over a numeric series.")
+    name: str = Field(description="Column name.")
+    length: int = Field(ge=1, description="Time steps per window: row i sees the values of rows i-length+1 .. i.")
+    normalize: Literal["standard", "minmax", "none"] = Field(
+        "standard", description="standard: (x - mean) / std; minmax: to [0, 1]; none: as is. Fitted on the training split."
+    )
+
+
+@FEATURES.register("sequence", SequenceConfig)
+class SequenceFeature(NumberFeature):
+    """Row i becomes the window of the last ``length`` values up to and including row i; the first
+    rows of each file, which have less history, are left out. Pair it with a ``number`` target with
+    ``lead: 1`` on the same column to forecast the next value."""
+
+    kind = "sequence"
+
+    def parse(self, column: np.ndarray, table: Table) -> Parsed:
+        parsed = parse_numbers(column)
+        n, length = len(column), self.cfg.length
+        usable = same_run(table, -(length - 1)) if length > 1 else np.ones(n, dtype=bool)
+        # window row i = values[i - length + 1 .. i]; rows without a full window are filled with 0 and dropped
+        index = np.arange(n)[:, None] + np.arange(-length + 1, 1)[None, :]
+        index = np.clip(index, 0, max(n - 1, 0))
+        windows = parsed.values[index] if n else np.zeros((0, length))
+        bad_in_window = parsed.bad[index] if n else np.zeros((0, length), dtype=bool)
+        bad = usable & bad_in_window.any(axis=1)
+        reasons = {}
+        for i in np.flatnonzero(bad):
+            first = int(index[i][bad_in_window[i]][0])
+            reasons[int(i)] = (
+                parsed.reasons.get(int(i), "bad value") if first == i
+                else f"its window of {length} rows includes a bad value at {table.where(first)} ({parsed.reasons.get(first, 'bad value')})"
+            )
+        return Parsed(np.where(usable[:, None], windows, 0.0), bad, reasons, drop=~usable)
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.shift) / self.scale).astype(np.float32)[:, :, None]
+
+
+# --------------------------------------------------------------------------------------------------
 # the bundle
 
 
@@ -335,13 +542,27 @@ class Features:
             raise DataError(f"data.features names a column twice: {names}")
         if target.type not in ("category", "number"):
             raise DataError(f"data.target: a {target.type!r} column cannot be predicted; use category or number")
-        if target.name in names:
-            raise DataError(f"data.target: column {target.name!r} is also an input feature")
+        lead = getattr(target, "lead", 0)
+        windows = [f for f in self.inputs if f.kind == "sequence"]
+        if target.name in names and not (lead > 0 and any(f.cfg.name == target.name for f in windows)):
+            raise DataError(
+                f"data.target: column {target.name!r} is also an input feature"
+                + ("; to forecast it from its own past, give the target lead: 1" if windows else "")
+            )
+        if any(getattr(f.cfg, "lead", 0) for f in self.inputs):
+            raise DataError("data.features: `lead` is for the target (the value to forecast), not for an input")
         self.target = build_feature(target)
         self.target.as_target = True
-        images = [f for f in self.inputs if f.kind == "image"]
-        if images and len(self.inputs) > 1:
-            raise DataError("an image feature cannot be combined with other input features yet; use one image column")
+        # where parsed tables keep the target: its column name, unless an input parses that column too
+        self.target_key = FORECAST if target.name in names else target.name
+        kinds = {f.kind for f in self.inputs}
+        for kind, what in (("image", "an image"), ("tokens", "a text")):
+            if kind in kinds and len(self.inputs) > 1:
+                raise DataError(f"{what} feature cannot be combined with other input features yet; use one {what[2:].strip()} column")
+        if windows and len(windows) != len(self.inputs):
+            raise DataError("sequence features cannot be combined with other kinds of input features; use sequence features only")
+        if len({f.cfg.length for f in windows}) > 1:
+            raise DataError(f"sequence features need one window length; got {sorted({f.cfg.length for f in windows})}")
 
     # -- properties of the fitted features
 
@@ -361,6 +582,8 @@ class Features:
     def input_spec(self) -> InputSpec:
         """What the model is given (kind and per-example shape), once fitted."""
         first = self.inputs[0]
+        if first.kind == "sequence":
+            return InputSpec("sequence", (first.cfg.length, len(self.inputs)))
         if first.kind != "vector":
             return first.spec()
         return InputSpec("vector", (sum(f.width for f in self.inputs),))
@@ -385,41 +608,50 @@ class Features:
                 f"{', '.join(table.origins[:3])}: no column named {', '.join(map(repr, missing))} "
                 f"(columns: {', '.join(table.columns)})"
             )
-        parsed: dict[str, np.ndarray] = {}
+        results = [feature.parse(table.columns[feature.cfg.name], table) for feature in features]
+        # rows without a full window or a forecast target are left out whatever on_bad_row says
+        drop = np.logical_or.reduce([r.drop for r in results]) if results else np.zeros(len(table), dtype=bool)
         bad = np.zeros(len(table), dtype=bool)
         skipped: dict[str, int] = {}
-        for feature in features:
-            result = feature.parse(table.columns[feature.cfg.name], table)
-            parsed[feature.cfg.name] = result.values
-            if result.bad.any():
-                first = int(np.flatnonzero(result.bad)[0])
+        for feature, result in zip(features, results):
+            failed = result.bad & ~drop
+            if failed.any():
+                first = int(np.flatnonzero(failed)[0])
                 if on_bad_row == "error":
                     raise DataError(
                         f"{table.where(first)}: column {feature.cfg.name!r}: {result.reasons.get(first, 'bad value')}"
                         + (f" ({hint})" if hint else "")
                     )
-                skipped[feature.cfg.name] = int((result.bad & ~bad).sum())
-                bad |= result.bad
+                skipped[feature.cfg.name] = skipped.get(feature.cfg.name, 0) + int((failed & ~bad).sum())
+                bad |= failed
+        # a target and an input on one column (forecasting) parse to different values: the target gets its own key
+        parsed = {(self.target_key if f is self.target else f.cfg.name): r.values for f, r in zip(features, results)}
         out = Table(parsed, table.origins, table.origin_index, table.line, table.split, table.base_dir)
-        if bad.any():
-            out = out.take(~bad)
+        if (bad | drop).any():
+            out = out.take(~(bad | drop))
         out.skipped = skipped
         return out
 
     def fit(self, train: Table) -> None:
         """Fit normalisation statistics and vocabularies on the (parsed) training split only."""
-        for feature in [*self.inputs, self.target]:
+        for feature in self.inputs:
             feature.fit(train.columns[feature.cfg.name])
+        self.target.fit(train.columns[self.target_key])
 
     def transform_inputs(self, table: Table) -> torch.Tensor:
-        """Model inputs of parsed rows: N x C x H x W for an image, N x D for numbers and categories."""
+        """Model inputs of parsed rows (see ``forgeml.inputs``): N x D floats for numbers and categories,
+        N x C x H x W for an image, N x L int64 token ids for a text, N x T x F windows for sequences."""
         parts = [f.transform(table.columns[f.cfg.name]) for f in self.inputs]
-        array = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        if len(parts) == 1:
+            array = parts[0]
+        else:  # vectors side by side; sequences as the features of each time step
+            array = np.concatenate(parts, axis=2 if self.inputs[0].kind == "sequence" else 1)
+        dtype = np.int64 if self.inputs[0].kind == "tokens" else np.float32
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
 
     def transform_target(self, table: Table) -> torch.Tensor:
         """Class indices (int64) or normalised numbers (float32) of parsed rows."""
-        values = table.columns[self.target.cfg.name]
+        values = table.columns[self.target_key]
         if self.task == "classification":
             return torch.from_numpy(self.target.indices(values, table))
         return torch.from_numpy(self.target.transform(values).reshape(-1))
@@ -443,14 +675,25 @@ class Features:
             "label_names": self.label_names,
         }
 
+    def files(self) -> dict[str, bytes]:
+        """Fitted state kept in files of its own beside features.json (a text feature's tokenizer.json)."""
+        out: dict[str, bytes] = {}
+        for feature in self.inputs:
+            out.update(feature.files() if hasattr(feature, "files") else {})
+        return out
+
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "Features":
-        """Rebuild fitted features from ``to_state()`` output (features.json)."""
+    def from_state(cls, state: dict[str, Any], read: Callable[[str], bytes] | None = None) -> "Features":
+        """Rebuild fitted features from ``to_state()`` output (features.json); ``read(name)`` gives the
+        bytes of a file from ``files()`` (e.g. tokenizer.json in the run directory)."""
         if state.get("version") != cls.VERSION:
             raise DataError(f"features.json has version {state.get('version')!r}; this forgeml reads version {cls.VERSION}")
         entries = [*state["inputs"], state["target"]]
         configs = [FEATURES.get(e["config"]["type"]).config.model_validate(e["config"]) for e in entries]
         features = cls(configs[:-1], configs[-1])
         for feature, entry in zip([*features.inputs, features.target], entries):
-            feature.load_state(entry["state"])
+            if hasattr(feature, "files"):
+                feature.load_state(entry["state"], read)
+            else:
+                feature.load_state(entry["state"])
         return features
