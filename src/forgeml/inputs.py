@@ -41,4 +41,4 @@ class InputSpec:
             return f"windows of {self.shape[0]} steps x {self.shape[1]} values"
         if self.kind == "image":
             return f"{self.shape[0]}-channel {self.shape[1]}x{self.shape[2]} images"
-        return f"a vector of {self.shape[0]} numbers"
+        return f"a vector of {self.shape[0]} number{'s' if self.shape[0] != 1 else ''}"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
@@ -48,3 +49,73 @@ def flat_width(model: str, inputs: InputSpec) -> int:
             f"model.type {model} cannot read text (token ids); use rnn, attention, textcnn or transformer"
         )
     return math.prod(inputs.shape)
+
+
+# --- sequence models (rnn, attention, textcnn, transformer) ---------------------------------------
+
+_OTHER_MODELS = {
+    "vector": "use mlp or linear",
+    "image": "use cnn or mlp",
+    "sequence": "use rnn, attention or transformer",
+    "tokens": "use rnn, attention, textcnn or transformer",
+}
+
+
+def require_input_kind(model: str, inputs: InputSpec, kinds: tuple[str, ...]) -> None:
+    """Stop with a message naming the models that fit when ``inputs`` is not one of ``kinds``.
+
+    Args:
+        model: the model's YAML ``type``, for the message.
+        inputs: what the data gives.
+        kinds: the input kinds the model reads, out of ``tokens`` and ``sequence``.
+
+    Raises:
+        ConfigError: ``inputs.kind`` is not in ``kinds``.
+    """
+    if inputs.kind in kinds:
+        return
+    needs = " or ".join({"tokens": "text (token ids)", "sequence": "a numeric sequence"}[kind] for kind in kinds)
+    raise ConfigError(f"model.type {model} needs {needs}; this data gives {inputs.describe()}: {_OTHER_MODELS[inputs.kind]}")
+
+
+def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
+    """N x L bool, True at real tokens. Padding sits at the end of a row (the ``InputSpec`` contract).
+
+    The first position always counts as real, so an all-padding row (an empty text) is read as a text
+    of one padding token: every pooling then has something to pool, and no softmax or mean divides
+    by zero into NaN. For any other row the first position is real anyway.
+    """
+    mask = ids != pad_id
+    mask[:, 0] = True
+    return mask
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of N x L x D ``values`` over the positions where the N x L ``mask`` is True; N x D."""
+    weights = mask.unsqueeze(-1).to(values.dtype)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def masked_max(values: Tensor, mask: Tensor) -> Tensor:
+    """Maximum of N x L x D ``values`` over the positions where the N x L ``mask`` is True; N x D."""
+    return values.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
+class AdditiveAttention(nn.Module):
+    """Additive (Bahdanau-style) attention pooling: a learned weighted average of the steps.
+
+    score_t = v . tanh(W h_t + b), a = softmax(score) over the real steps, output = sum_t a_t h_t.
+    (The scoring of Yang et al. 2016 and of the classic LSTM + attention text classifiers.)
+    """
+
+    def __init__(self, width: int, attention_dim: int):
+        super().__init__()
+        self.project = nn.Linear(width, attention_dim)
+        # no bias: softmax ignores a shift common to every score
+        self.score = nn.Linear(attention_dim, 1, bias=False)
+
+    def forward(self, values: Tensor, mask: Tensor) -> Tensor:
+        """Pool N x L x D ``values`` over the positions where the N x L ``mask`` is True; returns N x D."""
+        scores = self.score(torch.tanh(self.project(values))).squeeze(-1)
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return torch.einsum("nl,nld->nd", weights, values)
