@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check, show and describe experiment configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(help="Look at the data a config describes.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 _state = {"debug": False}
 
@@ -131,6 +133,94 @@ def predict(
         origin = rows.origins[rows.origin_index[index]]
         source = origin if images else f"{origin}:{int(rows.line[index])}"  # a file, or file:line of a CSV row
         typer.echo(json.dumps({"input": source, **prediction}))
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Path = typer.Argument(..., metavar="CONFIG", help="Experiment config (YAML)."),
+    overrides: Optional[List[str]] = SetOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """What the model will see: rows per split, class balance, bad rows, and per input column its
+    encoding (text lengths and vocabulary, image shape and pixels, sequence windows, number ranges)."""
+    from forgeml.config import load_config
+    from forgeml.data.inspect import inspect
+
+    cfg = load_config(file, overrides or [])
+    summary = inspect(cfg.data, cfg.seed)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_inspection(summary)
+
+
+def _print_inspection(summary: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 100))
+    bad = sum(summary["bad_rows"].values())
+    console.print(f"{summary['source']}: {summary['rows_read']:,} rows read; model input: {summary['model_input']}; task: {summary['task']}")
+    if bad:
+        per_column = ", ".join(f"{k} {v:,}" for k, v in summary["bad_rows"].items())
+        stop = " (training stops at the first: on_bad_row is error)" if summary["on_bad_row"] == "error" else " (skipped)"
+        console.print(f"bad rows: {bad:,} ({per_column}){stop}")
+    if summary["without_window_or_target"]:
+        console.print(f"rows without a full window or a forecast target (left out): {summary['without_window_or_target']:,}")
+
+    splits = Table(box=box.SIMPLE_HEAD, title="rows per split" + (" and class" if "classes" in summary else ""))
+    splits.add_column("class" if "classes" in summary else "")
+    names = list(summary["splits"])
+    for name in names:
+        splits.add_column(name, justify="right")
+    if "classes" in summary:
+        for label in summary["classes"]["train"]:
+            counts = [summary["classes"][name][label] for name in names]
+            splits.add_row(label, *(f"{c:,} ({c / max(summary['splits'][n], 1):.0%})" for c, n in zip(counts, names)))
+        splits.add_section()
+        splits.add_row("all", *(f"{summary['splits'][n]:,}" for n in names))
+    else:
+        splits.add_row("rows", *(f"{summary['splits'][n]:,}" for n in names))
+        for stat in ("mean", "std", "min", "max"):
+            splits.add_row(f"target {stat}", *(f"{summary['target'][n][stat]:.4g}" if n in summary["target"] else "" for n in names))
+    console.print(splits)
+
+    inputs = Table(box=box.SIMPLE_HEAD, title="inputs (statistics of the training split)")
+    inputs.add_column("column")
+    inputs.add_column("type")
+    inputs.add_column("what the model sees")
+    for item in summary["inputs"]:
+        inputs.add_row(item["name"], item["type"], _describe_input(item))
+    console.print(inputs)
+
+
+def _describe_input(item: dict[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "number":
+        return f"mean {item['mean']:.4g}  std {item['std']:.4g}  range {item['min']:.4g} .. {item['max']:.4g}"
+    if kind == "category":
+        unknown = "  ".join(f"unseen in {k[8:]} {v:.1%}" for k, v in item.items() if k.startswith("unknown_"))
+        return f"{item['vocabulary']:,} values (most common: {', '.join(item['most_common'])})  {unknown}".rstrip()
+    if kind == "image":
+        channels, height, width = item["shape"]
+        pixels = "; ".join(f"mean {p['mean']:.3f} std {p['std']:.3f} range {p['min']:.2f}..{p['max']:.2f}" for p in item["pixels"])
+        return f"{channels} x {height} x {width}; pixels {pixels}"
+    if kind == "text":
+        lengths = item["tokens_per_text"]
+        unknown = "  ".join(f"[UNK] in {k[15:]} {v:.1%}" for k, v in item.items() if k.startswith("unknown_tokens_"))
+        return (
+            f"{item['tokenizer']} tokenizer, vocabulary {item['vocabulary']:,}, max length {item['max_length']}; tokens per text "
+            f"p50 {lengths['p50']} p90 {lengths['p90']} p99 {lengths['p99']} max {lengths['max']}; truncated {item['truncated']:.1%}  {unknown}"
+        )
+    if kind == "sequence":
+        windows = ", ".join(f"{k} {v:,}" for k, v in item["windows"].items())
+        return f"windows of {item['length']} steps ({windows}); series mean {item['series_mean']:.4g} range {item['series_min']:.4g} .. {item['series_max']:.4g}"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------

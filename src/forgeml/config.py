@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from forgeml.errors import ConfigError
-from forgeml.registry import FEATURES, MODELS, SOURCES
+from forgeml.registry import AUGMENTS, FEATURES, MODELS, SOURCES
 
 
 class Section(BaseModel):
@@ -36,7 +36,11 @@ class SplitConfig(Section):
     column: Optional[str] = Field(
         None, description="Column whose values (train / validation / test) assign each row; overrides the fractions."
     )
-    stratify: bool = Field(True, description="Keep class proportions equal across splits (classification only).")
+    stratify: bool = Field(True, description="Keep class proportions equal across splits (classification only; random order).")
+    order: Literal["random", "sequential"] = Field(
+        "random",
+        description="random: a seeded shuffle; sequential: in row order, train first, then validation, then test (time series).",
+    )
 
 
 class DataSection(Section):
@@ -51,7 +55,8 @@ class DataSection(Section):
     @classmethod
     def _source_defaults(cls, data: Any) -> Any:
         """`source: mnist5k` is short for `source: {type: builtin, name: mnist5k}`; a source that knows
-        its columns (the built-in datasets) fills in `features` and `target` when they are left out."""
+        its columns (the built-in datasets) fills in `features` and `target` when they are left out, and
+        its split settings under the ones the config gives."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
@@ -65,6 +70,11 @@ class DataSection(Section):
                 features, target = copy.deepcopy(columns)
                 data["features"] = data.get("features") or features
                 data["target"] = data.get("target") or target
+            # a time series splits in time order unless the config says otherwise
+            default_split = getattr(SOURCES.get(source["type"]).config, "default_split", None)
+            split = default_split(source) if default_split else None
+            if split and isinstance(data.get("split", {}), dict):
+                data["split"] = {**split, **data.get("split", {})}
         return data
 
 
@@ -141,23 +151,32 @@ def _union(configs: list[type[BaseModel]]) -> Any:
 
 @functools.cache
 def root_model() -> type[ConfigBase]:
-    """The root config class, with every registered source, feature and model type."""
+    """The root config class, with every registered source, feature, augmentation and model type."""
     feature = _union(FEATURES.configs())
+    augmentation = _union(AUGMENTS.configs())
     data = create_model(
         "DataConfig",
         __base__=DataSection,
-        source=(_union(SOURCES.configs()), Field(description="Where rows come from (type: builtin, csv, inline).")),
+        source=(_union(SOURCES.configs()), Field(description=f"Where rows come from (type: {', '.join(SOURCES.names())}).")),
         features=(
             Optional[list[feature]],  # type: ignore[valid-type]
             Field(None, description="Input columns and how each is encoded; null: the source's defaults."),
         ),
         target=(Optional[feature], Field(None, description="The column to predict; null: the source's default.")),
+        augment=(
+            Optional[list[augmentation]],  # type: ignore[valid-type]
+            Field(
+                default_factory=list,
+                description="Random changes to training batches, applied in order (random_crop, flip, affine, noise, cutout, mixup, "
+                "token_dropout, token_swap); empty: none.",
+            ),
+        ),
     )
     return create_model(
         "Config",
         __base__=ConfigBase,
         data=(data, Field(description="The data: source, features, target, split.")),
-        model=(_union(MODELS.configs()), Field(description="The architecture (type: linear, mlp, cnn).")),
+        model=(_union(MODELS.configs()), Field(description=f"The architecture (type: {', '.join(MODELS.names())}).")),
     )
 
 
@@ -367,7 +386,7 @@ def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list
 
 
 TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output")
-DATA_ORDER = ("source", "features", "target", "split", "on_bad_row")
+DATA_ORDER = ("source", "features", "target", "augment", "split", "on_bad_row")
 
 
 def _type_first(data: Any) -> Any:

@@ -18,14 +18,13 @@ from safetensors.torch import load_file
 from forgeml.config import validate_config
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
-from forgeml.data.sources import read_csv, read_jsonl
+from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parquet
 from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.training.loop import batched_outputs, resolve_device
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
 
 
@@ -148,8 +147,11 @@ class Predictor:
                 return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
             if len(paths) == 1 and paths[0].suffix.lower() in (".jsonl", ".ndjson"):
                 return read_jsonl(paths[0])
+            if len(paths) == 1 and paths[0].suffix.lower() == ".parquet":
+                return read_parquet(paths[0])
             raise DataError(
-                f"give one CSV or JSON Lines file, or image files ({', '.join(sorted(IMAGE_SUFFIXES))}); got {', '.join(map(str, paths[:3]))}"
+                f"give one CSV or JSON Lines file, or image files ({', '.join(sorted(IMAGE_SUFFIXES))}), or one Parquet file; "
+                f"got {', '.join(map(str, paths[:3]))}"
             )
         if items and all(isinstance(i, dict) for i in items):
             names = self.features.columns

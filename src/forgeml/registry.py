@@ -84,3 +84,4 @@ class Registry(Generic[T]):
 MODELS: Registry[Any] = Registry("model", discover=("forgeml.models",))
 SOURCES: Registry[Any] = Registry("source", discover=("forgeml.data.sources",))
 FEATURES: Registry[Any] = Registry("feature", discover=("forgeml.data.features",))
+AUGMENTS: Registry[Any] = Registry("augmentation", discover=("forgeml.data.augment",))

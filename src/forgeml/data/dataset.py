@@ -25,6 +25,7 @@ class Dataset:
     features: Features
     description: str
     skipped: dict[str, int]
+    rows_read: int = 0  # rows the source gave, before bad rows and rows without a window were left out
 
     def split(self, name: str) -> Table:
         return self.table.take(self.splits[name])
@@ -106,7 +107,7 @@ def load_dataset(data_cfg: Any, seed: int) -> Dataset:
         splits = split_rows(len(table), split_cfg.validation, split_cfg.test, seed, strata)
     if len(splits["train"]) == 0:
         raise DataError(f"{source.description}: the training split is empty ({len(table)} usable rows)")
-    return Dataset(table, splits, features, source.description, table.skipped)
+    return Dataset(table, splits, features, source.description, table.skipped, len(source.table))
 
 
 def _surviving_rows(raw: Table, parsed: Table) -> np.ndarray:

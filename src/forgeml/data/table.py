@@ -18,7 +18,10 @@ class Table:
         origin_index: for each row, its index into ``origins``.
         line: for each row, its line number in its origin (1-based; CSV lines count the header).
         split: for each row, a split name taken from the source (separate files per split), or None.
-        base_dir: directory that relative image paths are resolved against.
+        base_dir: directory that relative image paths are resolved against, for rows whose origin is
+            not a file (a row read from a file resolves against that file's folder).
+        path_columns: columns whose values are file paths relative to ``base_dir`` (an image folder's
+            ``image`` column); ``concat`` rewrites them when the tables' base directories differ.
     """
 
     columns: dict[str, np.ndarray]
@@ -28,6 +31,7 @@ class Table:
     split: np.ndarray | None = None
     base_dir: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
+    path_columns: tuple[str, ...] = ()
 
     @classmethod
     def single(cls, columns: dict[str, np.ndarray], origin: str, first_line: int = 1, base_dir: Path | None = None) -> "Table":
@@ -51,26 +55,62 @@ class Table:
             None if self.split is None else self.split[index],
             self.base_dir,
             dict(self.skipped),
+            self.path_columns,
         )
 
     @staticmethod
-    def concat(tables: list["Table"]) -> "Table":
-        """Rows of several tables after one another (the columns must match)."""
-        names = list(tables[0].columns)
-        for table in tables[1:]:
-            if list(table.columns) != names:
-                raise ValueError("tables have different columns")
+    def concat(tables: list["Table"], union: bool = False) -> "Table":
+        """Rows of several tables after one another, origins and lines kept.
+
+        Args:
+            tables: the tables, in order.
+            union: False: every table must have the same columns. True: the columns are the union, a
+                column absent from a table being None (a missing value) in its rows; a column all
+                tables have keeps its dtype when they agree (numbers stay numbers).
+
+        Raises:
+            ValueError: the columns differ (without ``union``), or a column's arrays cannot be joined
+                (images of different sizes); the message names the column.
+        """
+        names = list(dict.fromkeys(name for table in tables for name in table.columns))
+        if not union and any(list(table.columns) != names for table in tables):
+            raise ValueError("tables have different columns")
+        base_dirs = {table.base_dir for table in tables}
+        if len(base_dirs) > 1:
+            # one base directory cannot serve them all: make relative paths absolute instead
+            tables = [table.with_absolute_paths() for table in tables]
         origins: list[str] = []
         origin_index = []
         for table in tables:
             origin_index.append(table.origin_index + len(origins))
             origins.extend(table.origins)
+        columns = {}
+        for name in names:
+            parts = [t.columns[name] if name in t.columns else np.full(len(t), None, dtype=object) for t in tables]
+            if not all(part.dtype.kind in "biuf" for part in parts) and len({part.dtype for part in parts}) > 1:
+                parts = [part.astype(object) for part in parts]  # numpy would turn numbers into strings
+            try:
+                columns[name] = np.concatenate(parts)
+            except ValueError:  # e.g. 8x8 images after 28x28 images
+                shapes = sorted({part.shape[1:] for part in parts})
+                raise ValueError(f"column {name!r} has values of different shapes: {shapes}") from None
         splits = [t.split for t in tables]
         return Table(
-            {name: np.concatenate([t.columns[name] for t in tables]) for name in names},
+            columns,
             origins,
             np.concatenate(origin_index),
             np.concatenate([t.line for t in tables]),
             None if any(s is None for s in splits) else np.concatenate(splits),  # type: ignore[arg-type]
-            tables[0].base_dir,
+            base_dirs.pop() if len(base_dirs) == 1 else None,
+            path_columns=tuple(dict.fromkeys(name for table in tables for name in table.path_columns)),
         )
+
+    def with_absolute_paths(self) -> "Table":
+        """This table with its ``path_columns`` resolved against ``base_dir`` (or the current directory)."""
+        if not self.path_columns:
+            return self
+        base = self.base_dir or Path.cwd()
+        columns = dict(self.columns)
+        for name in self.path_columns:
+            columns[name] = np.array([str(base / str(value)) for value in columns[name]], dtype=object)
+        return Table(columns, self.origins, self.origin_index, self.line, self.split, None, dict(self.skipped), self.path_columns)

@@ -2,7 +2,8 @@
 
     model.safetensors       weights
     optimizer.safetensors   optimizer tensors; param groups and scalars in the file's metadata
-    rng.safetensors         torch (and CUDA) RNG, the shuffling generator now and at epoch start
+    rng.safetensors         torch (and CUDA) RNG, the shuffling generator now and at epoch start,
+                            the augmentation generator
     best.safetensors        best weights so far by the monitored metric (when tracked)
     state.json              step, epoch, position in the epoch, early-stopping and scaler state
 """

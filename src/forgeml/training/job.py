@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save as save_tensors
 
 from forgeml.config import config_to_dict, dump_config, load_config
+from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
 from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError
@@ -133,9 +134,14 @@ def _train_in(
     tables = {name: dataset.split(name) for name in SPLITS}
     features.fit(tables["train"])
     state = features.to_state() | {"splits": dataset.split_summary(), "skipped_rows": dataset.skipped}
-    if resume_files is not None and run.read_json("features.json") != state:
+    files = features.files()  # e.g. tokenizer.json
+    if resume_files is not None and (
+        run.read_json("features.json") != state or any(not (run / n).is_file() or (run / n).read_bytes() != b for n, b in files.items())
+    ):
         raise ConfigError(f"{run.path}: the data or its preprocessing changed since the run started; start a new run")
     run.write_json("features.json", state)
+    for name, content in files.items():
+        run.write_bytes(name, content)
     tensors = {
         name: (features.transform_inputs(table), features.transform_target(table)) for name, table in tables.items() if len(table)
     }
@@ -149,6 +155,8 @@ def _train_in(
     batch_size = None if cfg.train.batch_size == "full" else int(cfg.train.batch_size)
     batches = InMemoryBatches((train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed)
     validation = tuple(t.to(device) for t in tensors["validation"]) if "validation" in tensors else None
+    # training batches only; a data.augment item that does not fit the inputs stops here, before any step
+    augment = Augmenter(cfg.data.augment, features.input_spec, features.num_outputs, features.task, cfg.seed, device) if cfg.data.augment else None
 
     echo(
         f"training {cfg.model.type} ({parameters:,} parameters) on {dataset.description}: "
@@ -178,6 +186,7 @@ def _train_in(
         resume_files=resume_files,
         log=run.append_history,
         progress=progress,
+        augment=augment,
     )
 
     # -- final weights and metrics on every split

@@ -2,12 +2,12 @@
 
     for each optimizer step:
         set the learning rate from the schedule
-        forward / backward over grad_accum micro-batches (under autocast when asked)
+        forward / backward over grad_accum micro-batches (augmented when asked; under autocast when asked)
         clip, step, zero the gradients
         log; evaluate on validation; keep the best weights; stop early; checkpoint
 
-Everything random draws from seeded generators whose state goes into each checkpoint, so a run
-resumed from a checkpoint continues bit for bit as if it had never stopped.
+Everything random (dropout, shuffling, augmentation) draws from seeded generators whose state goes
+into each checkpoint, so a run resumed from a checkpoint continues bit for bit as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeml.config import TrainConfig
+from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
 from forgeml.errors import ConfigError
 from forgeml.metrics import lower_is_better, score
@@ -79,6 +80,11 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy (classification) or mean squared error (regression), as a float32 scalar.
+
+    Classification targets are class indices (N), or class probabilities (N x C float, what mixup
+    makes); label smoothing applies to both.
+    """
     if task == "classification":
         return F.cross_entropy(outputs.float(), targets, label_smoothing=label_smoothing)
     return F.mse_loss(outputs.float().squeeze(-1), targets)
@@ -157,6 +163,7 @@ def fit(
     resume_files: dict[str, bytes] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
+    augment: Augmenter | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``batches`` (tensors already on ``device``).
 
@@ -173,6 +180,8 @@ def fit(
         resume_files: a checkpoint's files to continue from.
         log: called with each history record (training logs and evaluations).
         progress: a progress display.
+        augment: applied to each training micro-batch (never to validation); its generator state is
+            checkpointed with the others.
 
     Returns:
         The final loop state; the model holds the final (or best, with keep_best) weights.
@@ -206,6 +215,8 @@ def fit(
         torch.set_rng_state(resumed.rng["torch"])
         if device.type == "cuda" and "cuda" in resumed.rng:
             torch.cuda.set_rng_state(resumed.rng["cuda"], device)
+        if augment is not None and "augment" in resumed.rng:
+            augment.set_state(resumed.rng["augment"])
         # mid-epoch: replay the epoch's permutation from the generator state at its start
         epoch_start_rng = resumed.rng["epoch_start"]
         batches.generator.set_state(epoch_start_rng if state.batch_in_epoch > 0 else resumed.rng["shuffle"])
@@ -221,6 +232,8 @@ def fit(
         rng = {"torch": torch.get_rng_state(), "shuffle": batches.generator.get_state(), "epoch_start": epoch_start_rng}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
+        if augment is not None:
+            rng["augment"] = augment.get_state()
         state.train_seconds = seconds_before + time.perf_counter() - wall_start
         state.loss_since_log = running_loss.item()
         saved = asdict(state) | {"scaler": scaler.state_dict() if scaler.is_enabled() else None}
@@ -250,6 +263,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for inputs, targets in micro:
+                if augment is not None:
+                    inputs, targets = augment(inputs, targets)
                 with autocast(device, cfg.precision):
                     outputs = model(inputs)
                 loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
