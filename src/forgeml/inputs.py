@@ -38,7 +38,7 @@ class InputSpec:
         if self.kind == "tokens":
             return f"token ids (length {self.shape[0]}, vocabulary {self.vocab_size:,})"
         if self.kind == "sequence":
-            return f"windows of {self.shape[0]} steps x {self.shape[1]} values"
+            return f"windows of {self.shape[0]} steps x {self.shape[1]} value{'s' if self.shape[1] != 1 else ''}"
         if self.kind == "image":
             return f"{self.shape[0]}-channel {self.shape[1]}x{self.shape[2]} images"
         return f"a vector of {self.shape[0]} number{'s' if self.shape[0] != 1 else ''}"

@@ -60,6 +60,12 @@ def score(task: str, outputs: np.ndarray, targets: np.ndarray, num_classes: int,
     return regression_metrics(predicted, truth)
 
 
+def persistence_scores(last: np.ndarray, truth: np.ndarray) -> dict:
+    """A forecaster's yardstick: MSE and MAE of predicting that the next value equals the last one seen."""
+    scores = regression_metrics(last, truth)
+    return {"persistence_mse": scores["mse"], "persistence_mae": scores["mae"]}
+
+
 def per_class_scores(confusion: list[list[int]], label_names: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support of each class from a confusion matrix."""
     matrix = np.asarray(confusion, dtype=np.float64)

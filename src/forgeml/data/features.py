@@ -656,6 +656,14 @@ class Features:
             return torch.from_numpy(self.target.indices(values, table))
         return torch.from_numpy(self.target.transform(values).reshape(-1))
 
+    def persistence(self, table: Table) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a forecast of a series from its own windows: the last value of each window (the
+        persistence forecast) and the true target, both in the data's units; otherwise None."""
+        if self.target_key != FORECAST or not getattr(self.target.cfg, "lead", 0):
+            return None
+        window = table.columns[self.target.cfg.name]
+        return window[:, -1].astype(np.float64), table.columns[FORECAST].astype(np.float64)
+
     def decode_regression(self, outputs: np.ndarray) -> np.ndarray:
         """Model outputs back in the target column's units."""
         return self.target.inverse(outputs.reshape(-1))

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from forgeml.metrics import per_class_scores, score
+from forgeml.metrics import per_class_scores, persistence_scores, score
 from forgeml.predictor import Predictor, load
 
 
@@ -19,7 +19,8 @@ class EvaluationResult:
         split: train, validation or test.
         task: classification or regression.
         rows: examples evaluated.
-        metrics: accuracy, precision_macro, recall_macro, f1_macro (classification) or mse, mae, r2.
+        metrics: accuracy, precision_macro, recall_macro, f1_macro (classification) or mse, mae, r2
+            (regression; a forecast of a series also gets the persistence baseline's mse and mae).
         label_names: class names, the order of the confusion matrix rows and columns.
         confusion_matrix: rows are true classes, columns predicted classes.
         per_class: precision, recall, F1 and support per class.
@@ -51,10 +52,13 @@ def run(target: str | Path | Predictor, split: str = "test", save: bool = True) 
     """
     predictor = target if isinstance(target, Predictor) else load(target)
     started = time.perf_counter()
-    inputs, targets, _ = predictor.split(split)
+    inputs, targets, table = predictor.split(split)
     outputs = predictor.outputs(inputs)
     decode = predictor.features.decode_regression if predictor.task == "regression" else None
     scores = score(predictor.task, outputs.numpy(), targets.numpy(), len(predictor.label_names), decode)
+    baseline = predictor.features.persistence(table)
+    if baseline is not None:
+        scores |= persistence_scores(*baseline)
     confusion = scores.pop("confusion_matrix", None)
     per_class = per_class_scores(confusion, predictor.label_names) if confusion is not None else None
     result = EvaluationResult(

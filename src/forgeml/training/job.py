@@ -23,6 +23,7 @@ from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
 from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError
+from forgeml.metrics import persistence_scores
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.training.callbacks import Progress
@@ -195,6 +196,9 @@ def _train_in(
     for name, (inputs, targets) in tensors.items():
         outputs = batched_outputs(model, inputs, cfg.train.eval_batch_size, device, cfg.train.precision)
         metrics[name] = task_metrics(outputs, targets, features.task, features.num_outputs, decode)
+        baseline = features.persistence(tables[name])
+        if baseline is not None:  # a forecaster is only useful if it beats "tomorrow = today"
+            metrics[name] |= persistence_scores(*baseline)
     summary = {
         "task": features.task,
         "splits": metrics,
@@ -224,6 +228,10 @@ def _train_in(
     elapsed = time.perf_counter() - started
     split_name = next(name for name in ("test", "validation", "train") if name in metrics)
     key = "accuracy" if features.task == "classification" else "mse"
-    echo(f"done in {elapsed:.1f}s: {split_name} {key} {metrics[split_name][key]:.4f}; run directory {run.path}")
+    versus = ""
+    if "persistence_mae" in metrics[split_name]:
+        result_mae, baseline_mae = metrics[split_name]["mae"], metrics[split_name]["persistence_mae"]
+        versus = f" (mae {result_mae:.4f}; persistence baseline mae {baseline_mae:.4f})"
+    echo(f"done in {elapsed:.1f}s: {split_name} {key} {metrics[split_name][key]:.4f}{versus}; run directory {run.path}")
     return TrainResult(run.path, summary)
 
