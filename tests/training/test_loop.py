@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -15,84 +15,15 @@ from safetensors.torch import load as load_tensors
 
 from forgeml.config import load_config
 from forgeml.data.batches import InMemoryBatches
-from forgeml.data.dataset import load_dataset
 from forgeml.errors import ConfigError
-from forgeml.inputs import InputSpec
 from forgeml.registry import MODELS
-from forgeml.training.loop import FitResult, batched_outputs, compute_loss, fit, resolve_device, seed_everything, task_metrics
+from forgeml.training.loop import batched_outputs, compute_loss, resolve_device, seed_everything, task_metrics
 from forgeml.training.optim import lr_at
+
+from .support import CPU, MLP, Digits, Outcome, run_fit, same_weights
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-CPU = torch.device("cpu")
-MLP = {"type": "mlp", "hidden": [32]}
-
-
-@dataclass
-class Digits:
-    """Encoded digits splits (8x8 images, 10 classes)."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    validation: tuple[torch.Tensor, torch.Tensor]
-    inputs: InputSpec
-
-
-@dataclass
-class Outcome:
-    """What one ``fit`` call produced: the model, the result, checkpoint files by step and the log."""
-
-    model: torch.nn.Module
-    result: FitResult
-    checkpoints: dict[int, dict[str, bytes]]
-    logs: list[dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def digits(single_thread_torch: None) -> Digits:
-    """The digits of tiny_config, split and encoded once for the module."""
-    cfg = load_config(tiny_config())
-    dataset = load_dataset(cfg.data, cfg.seed)
-    features = dataset.features
-    tables = {name: dataset.split(name) for name in ("train", "validation")}
-    features.fit(tables["train"])
-    encoded = {name: (features.transform_inputs(t), features.transform_target(t)) for name, t in tables.items()}
-    return Digits(encoded["train"], encoded["validation"], features.input_spec)
-
-
-def run_fit(
-    data: Digits,
-    model: dict[str, Any] = MLP,
-    resume_files: dict[str, bytes] | None = None,
-    with_validation: bool = True,
-    **train: Any,
-) -> Outcome:
-    """Train a fresh, seeded model on the digits with ``fit``, as the job does, keeping every checkpoint."""
-    settings = {"epochs": 1, "batch_size": 64, "lr": 0.01, "log_every": 10, "checkpoint_every": None, **train}
-    cfg = load_config(tiny_config(model=model, train=settings))
-    seed_everything(cfg.seed)
-    net = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=10)
-    batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
-    batches = InMemoryBatches(data.train, batch_size, shuffle=batch_size is not None, seed=cfg.seed)
-    checkpoints: dict[int, dict[str, bytes]] = {}
-    logs: list[dict[str, Any]] = []
-    result = fit(
-        net,
-        batches,
-        cfg.train,
-        task="classification",
-        num_outputs=10,
-        device=CPU,
-        validation=data.validation if with_validation else None,
-        save_checkpoint=lambda files, step: checkpoints.__setitem__(step, files),
-        resume_files=resume_files,
-        log=logs.append,
-    )
-    return Outcome(net, result, checkpoints, logs)
-
-
-def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    """Whether two state dicts hold exactly equal tensors."""
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def validation_loss(model: torch.nn.Module, data: Digits) -> float:

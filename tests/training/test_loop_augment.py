@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,15 @@ from helpers import tiny_config
 from safetensors.torch import load as load_tensors
 
 import forgeml
-from forgeml.config import load_config
 from forgeml.data.augment import Augmenter
-from forgeml.data.batches import InMemoryBatches
-from forgeml.data.dataset import load_dataset
 from forgeml.errors import ConfigError
-from forgeml.inputs import InputSpec
-from forgeml.registry import MODELS
-from forgeml.training.loop import FitResult, batched_outputs, compute_loss, fit, seed_everything, task_metrics
+from forgeml.training.loop import batched_outputs, compute_loss, task_metrics
+
+from .support import CPU, Digits, Outcome, same_weights
+from .support import run_fit as support_run_fit
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-CPU = torch.device("cpu")
 MLP = {"type": "mlp", "hidden": [32], "dropout": 0.3}
 IMAGE_AUGMENT = [
     {"type": "random_crop", "padding": 1},
@@ -37,34 +34,6 @@ IMAGE_AUGMENT = [
     {"type": "cutout", "size": 2, "p": 0.5},
     {"type": "mixup", "alpha": 0.2},
 ]
-
-
-@dataclass
-class Digits:
-    """Encoded digits splits (8x8 images, 10 classes)."""
-
-    train: tuple[torch.Tensor, torch.Tensor]
-    validation: tuple[torch.Tensor, torch.Tensor]
-    inputs: InputSpec
-
-
-@dataclass
-class Outcome:
-    model: torch.nn.Module
-    result: FitResult
-    checkpoints: dict[int, dict[str, bytes]]
-    logs: list[dict[str, Any]]
-
-
-@pytest.fixture(scope="module")
-def digits(single_thread_torch: None) -> Digits:
-    cfg = load_config(tiny_config())
-    dataset = load_dataset(cfg.data, cfg.seed)
-    features = dataset.features
-    tables = {name: dataset.split(name) for name in ("train", "validation")}
-    features.fit(tables["train"])
-    encoded = {name: (features.transform_inputs(t), features.transform_target(t)) for name, t in tables.items()}
-    return Digits(encoded["train"], encoded["validation"], features.input_spec)
 
 
 class CountingAugmenter(Augmenter):
@@ -79,38 +48,10 @@ class CountingAugmenter(Augmenter):
         return super().__call__(inputs, targets)
 
 
-def run_fit(
-    data: Digits, augment: list[dict[str, Any]] | None = IMAGE_AUGMENT, resume_files: dict[str, bytes] | None = None, **train: Any
-) -> tuple[Outcome, Augmenter | None]:
-    """Train a fresh, seeded MLP on the digits with ``fit`` and the job's Augmenter, keeping every checkpoint."""
-    settings = {"epochs": 1, "batch_size": 64, "lr": 0.01, "log_every": 10, "checkpoint_every": None, **train}
-    config = tiny_config(model=MLP, train=settings)
-    config["data"]["augment"] = augment or []
-    cfg = load_config(config)
-    seed_everything(cfg.seed)
-    net = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=10)
-    augmenter = CountingAugmenter(cfg.data.augment, data.inputs, 10, "classification", cfg.seed, CPU) if cfg.data.augment else None
-    batches = InMemoryBatches(data.train, cfg.train.batch_size, seed=cfg.seed)
-    checkpoints: dict[int, dict[str, bytes]] = {}
-    logs: list[dict[str, Any]] = []
-    result = fit(
-        net,
-        batches,
-        cfg.train,
-        task="classification",
-        num_outputs=10,
-        device=CPU,
-        validation=data.validation,
-        save_checkpoint=lambda files, step: checkpoints.__setitem__(step, files),
-        resume_files=resume_files,
-        log=logs.append,
-        augment=augmenter,
-    )
-    return Outcome(net, result, checkpoints, logs), augmenter
-
-
-def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def run_fit(data: Digits, augment: list[dict[str, Any]] | None = IMAGE_AUGMENT, **kwargs: Any) -> tuple[Outcome, Augmenter | None]:
+    """``support.run_fit`` with a dropout MLP and, by default, every image augmentation counted."""
+    outcome = support_run_fit(data, model=MLP, augment=augment, augmenter_class=CountingAugmenter, **kwargs)
+    return outcome, outcome.augmenter
 
 
 # --------------------------------------------------------------------------------------------------
