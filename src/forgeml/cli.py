@@ -117,9 +117,9 @@ def _print_evaluation(result: Any, run: Path) -> None:
 @app.command()
 def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
-    inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="A CSV or JSON Lines file with the input columns, or image files."),
+    inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="A CSV, JSON Lines or Parquet file with the input columns, or image files."),
 ) -> None:
-    """Predict a CSV or JSON Lines file, or image files; one JSON object per line.
+    """Predict a CSV, JSON Lines or Parquet file, or image files; one JSON object per line.
 
     Each line holds the input, then the label and class probabilities (classification) or the value
     (regression).

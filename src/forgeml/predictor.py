@@ -111,7 +111,7 @@ class Predictor:
         """Predict raw inputs.
 
         Args:
-            inputs: a CSV or JSON Lines path; image file paths (a path or a list of paths); a list of row dicts;
+            inputs: a CSV, JSON Lines or Parquet path; image file paths (a path or a list of paths); a list of row dicts;
                 a dict of columns; or a ``Table``.
 
         Returns:

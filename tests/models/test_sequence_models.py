@@ -162,7 +162,7 @@ def test_transformer_defaults():
         ({"type": "attention"}, InputSpec("image", (1, 8, 8)),
          "model.type attention needs text (token ids) or a numeric sequence; this data gives 1-channel 8x8 images: use cnn or mlp"),
         ({"type": "textcnn"}, InputSpec("sequence", (24, 1)),
-         "model.type textcnn needs text (token ids); this data gives windows of 24 steps x 1 values: use rnn, attention or transformer"),
+         "model.type textcnn needs text (token ids); this data gives windows of 24 steps x 1 value: use rnn, attention, transformer, mlp or linear"),
         ({"type": "transformer"}, InputSpec("vector", (5,)),
          "model.type transformer needs text (token ids) or a numeric sequence; this data gives a vector of 5 numbers: use mlp or linear"),
         ({"type": "transformer", "heads": 3}, TOKENS, "model.heads 3 does not divide model.dim 128"),

@@ -11,7 +11,7 @@ from torch import nn
 from forgeml.config import Section
 from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
-from forgeml.models.layers import Activation, activation, dense_stack
+from forgeml.models.layers import MODELS_FOR, Activation, activation, dense_stack
 from forgeml.registry import MODELS
 
 
@@ -47,7 +47,7 @@ def build_cnn(cfg: CNNConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Modu
     if inputs.kind != "image":
         raise ConfigError(
             f"model.type cnn needs an image input (channels x height x width); this data gives {inputs.describe()}: "
-            + {"tokens": "use textcnn, rnn, attention or transformer", "sequence": "use rnn, mlp or linear"}.get(inputs.kind, "use mlp or linear")
+            + MODELS_FOR[inputs.kind]
         )
     input_shape = inputs.shape
     layers: list[nn.Module] = []

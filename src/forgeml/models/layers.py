@@ -42,23 +42,23 @@ def dense_stack(in_features: int, hidden: list[int], act: str, dropout: float, b
     return nn.Sequential(*layers), width
 
 
+# What to suggest when a model does not fit the data, by the kind of input the data gives.
+MODELS_FOR = {
+    "vector": "use mlp or linear",
+    "image": "use cnn or mlp",
+    "sequence": "use rnn, attention, transformer, mlp or linear",
+    "tokens": "use rnn, attention, textcnn or transformer",
+}
+
+
 def flat_width(model: str, inputs: InputSpec) -> int:
     """Input width of a model that flattens its input; token ids cannot be flattened into numbers."""
     if inputs.kind == "tokens":
-        raise ConfigError(
-            f"model.type {model} cannot read text (token ids); use rnn, attention, textcnn or transformer"
-        )
+        raise ConfigError(f"model.type {model} cannot read text (token ids); {MODELS_FOR['tokens']}")
     return math.prod(inputs.shape)
 
 
 # --- sequence models (rnn, attention, textcnn, transformer) ---------------------------------------
-
-_OTHER_MODELS = {
-    "vector": "use mlp or linear",
-    "image": "use cnn or mlp",
-    "sequence": "use rnn, attention or transformer",
-    "tokens": "use rnn, attention, textcnn or transformer",
-}
 
 
 def require_input_kind(model: str, inputs: InputSpec, kinds: tuple[str, ...]) -> None:
@@ -75,7 +75,7 @@ def require_input_kind(model: str, inputs: InputSpec, kinds: tuple[str, ...]) ->
     if inputs.kind in kinds:
         return
     needs = " or ".join({"tokens": "text (token ids)", "sequence": "a numeric sequence"}[kind] for kind in kinds)
-    raise ConfigError(f"model.type {model} needs {needs}; this data gives {inputs.describe()}: {_OTHER_MODELS[inputs.kind]}")
+    raise ConfigError(f"model.type {model} needs {needs}; this data gives {inputs.describe()}: {MODELS_FOR[inputs.kind]}")
 
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
