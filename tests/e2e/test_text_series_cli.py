@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "evaluate_series": lambda: forge("evaluate", series_run, "--json"),
         }
     )
+    # after the predictions: resuming rewrites the run they read
+    after["resume_text"] = forge("train", text_config, "--resume", text_run, "--set", "train.epochs=32")
     return {"root": root, "text_run": text_run, "series_run": series_run, **trained, **after}
 
 
@@ -108,6 +111,14 @@ def test_a_text_run_keeps_its_tokenizer(runs: dict[str, Any]):
     assert read_json(run / "metrics.json")["splits"]["test"]["accuracy"] >= 0.9
 
 
+def test_a_text_run_resumes_with_the_same_tokenizer(runs: dict[str, Any]):
+    result = runs["resume_text"]
+    assert result.returncode == 0, describe(result)
+    assert "resuming" in result.stdout
+    # the tokenizer is fitted again from the same rows and must come out byte for byte the same
+    assert read_json(runs["text_run"] / "metrics.json")["training"]["epochs"] == 32
+
+
 def test_predict_reads_raw_sentences(runs: dict[str, Any]):
     result = runs["predict_text"]
     assert result.returncode == 0, describe(result)
@@ -119,8 +130,6 @@ def test_predict_reads_raw_sentences(runs: dict[str, Any]):
 
 
 def test_a_changed_tokenizer_is_refused(runs: dict[str, Any], tmp_path: Path):
-    import shutil
-
     copy = tmp_path / "copy"
     shutil.copytree(runs["text_run"], copy)
     (copy / "tokenizer.json").write_text((copy / "tokenizer.json").read_text().replace('"great"', '"grate"'))
