@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from forgeml.config import TrainConfig, load_config
 from forgeml.data.batches import InMemoryBatches
-from forgeml.data.sources import load_mnist5k_table
+from forgeml.data.builtin_datasets import load_mnist5k_table
 from forgeml.inputs import InputSpec
 from forgeml.models.cnn import CNNConfig, build_cnn
 

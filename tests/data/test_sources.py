@@ -10,7 +10,8 @@ from helpers import tiny_config
 
 from forgeml.config import load_config
 from forgeml.data.dataset import load_dataset
-from forgeml.data.sources import BREAST_CANCER_COLUMNS, load_breast_cancer_table, load_digits_table, load_mnist5k_table, read_csv, read_jsonl
+from forgeml.data.builtin_datasets import BREAST_CANCER_COLUMNS, load_breast_cancer_table, load_digits_table, load_mnist5k_table
+from forgeml.data.sources import read_csv, read_jsonl
 from forgeml.errors import DataError
 from forgeml.registry import SOURCES
 

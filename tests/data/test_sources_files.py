@@ -68,7 +68,7 @@ def test_parquet_list_column_keeps_one_list_per_row(tmp_path: Path):
 def test_parquet_through_load_dataset_names_the_row_of_a_missing_value(tmp_path: Path):
     path = write_parquet(tmp_path / "d.parquet", {"x": [1.0, 2.0, None, 4.0], "colour": ["red", "blue", "red", "blue"]})
     cfg = load_config(data_config({"type": "parquet", "path": str(path)}, NUMBER_X, {"type": "category", "name": "colour"}))
-    with pytest.raises(DataError, match=rf"d\.parquet, line 3: column 'x': missing value"):
+    with pytest.raises(DataError, match=r"d\.parquet, line 3: column 'x': missing value"):
         load_dataset(cfg.data, cfg.seed)
 
     cfg.data.on_bad_row = "skip"
@@ -170,7 +170,7 @@ def test_a_broken_image_is_named_by_its_class_folder_and_position(tmp_path: Path
     root = make_image_folder(tmp_path / "pets", {"cat": 2, "dog": 2})
     (root / "dog" / "1.png").write_bytes(b"not a png")
     cfg = load_config(tiny_config(data={"source": {"type": "image_folder", "path": str(root)}}))
-    with pytest.raises(DataError, match=rf"pets/dog, line 2: column 'image': cannot decode image '.*1\.png'"):
+    with pytest.raises(DataError, match=r"pets/dog, line 2: column 'image': cannot decode image '.*1\.png'"):
         load_dataset(cfg.data, cfg.seed)
 
 

@@ -26,17 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from forgeml.config import Section
-from forgeml.data.builtin_datasets import (  # noqa: F401  (the loaders are also imported from here)
-    BREAST_CANCER_COLUMNS,
-    BUILTINS,
-    Builtin,
-    load_breast_cancer_table,
-    load_digits_table,
-    load_kjv_table,
-    load_mnist5k_table,
-    load_rotten_tomatoes_table,
-    load_sunspots_table,
-)
+from forgeml.data.builtin_datasets import BUILTINS
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 from forgeml.registry import SOURCES
