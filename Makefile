@@ -46,6 +46,8 @@ demo: install
 	@echo "Next, try:"
 	@echo "  $(BIN)/forgeml predict $(RUN_DIR) examples/data/digits/seven.png"
 	@echo "  $(BIN)/forgeml train examples/digits_mlp.yaml --set train.lr=0.003"
+	@echo "  $(BIN)/forgeml data inspect examples/sentiment_lstm.yaml"
+	@echo "  $(BIN)/forgeml train examples/sentiment_lstm.yaml     # about 2 minutes on 2 CPU cores"
 	@echo "  $(BIN)/forgeml config show examples/mnist_cnn.yaml"
 	@echo "  $(BIN)/forgeml --help"
 

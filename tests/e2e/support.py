@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,14 @@ def popen_forge(*args: Any, stdout: Any, stderr: Any = subprocess.STDOUT, cwd: P
         stdout=stdout,
         stderr=stderr,
         env=env,
+        # A suite started in the background (`make test &`) passes SIGINT on as ignored, and Python
+        # then keeps ignoring it; give the child Ctrl-C's default, as a terminal would.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def in_parallel(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
