@@ -135,6 +135,27 @@ def predict(
         typer.echo(json.dumps({"input": source, **prediction}))
 
 
+@app.command()
+def generate(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a language model."),
+    prompt: str = typer.Option(..., "--prompt", metavar="TEXT", help="The text to continue."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=1, metavar="N", help="Tokens to generate at most."),
+    temperature: float = typer.Option(1.0, "--temperature", min=0.0, metavar="T", help="Sampling temperature; 0 is greedy."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, metavar="K", help="Sample from the K most likely tokens only."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0, metavar="P", help="Sample from the smallest set of tokens with probability >= P."),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="S", help="Seed: the same seed gives the same text."),
+) -> None:
+    """Continue a prompt with a language model, printing tokens as they come."""
+    from forgeml.predictor import load
+
+    predictor = load(run)
+    sys.stdout.write(prompt)
+    for piece in predictor.generate_stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
 # --------------------------------------------------------------------------------------------------
 # data
 

@@ -43,6 +43,17 @@ class SplitConfig(Section):
     )
 
 
+class CorpusConfig(Section):
+    """Language modelling on a text column: the model learns to predict each next token."""
+
+    column: str = Field("text", description="The source column whose rows are the text.")
+    tokenizer: Literal["bpe", "char"] = Field(
+        "bpe", description="bpe: byte-level byte-pair encoding (any text, no unknown tokens); char: one token per character."
+    )
+    vocab_size: int = Field(8192, ge=260, le=2**32 - 1, description="bpe: tokens in the vocabulary, the 256 bytes included.")
+    separator: str = Field("\n", description="Appended to every row before the rows are joined into one stream.")
+
+
 class DataSection(Section):
     """Where the rows come from and what the model sees of them."""
 
@@ -50,6 +61,9 @@ class DataSection(Section):
         "error", description="A row that cannot be read: stop with an error naming it, or skip and count it."
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train / validation / test split.")
+    corpus: Optional[CorpusConfig] = Field(
+        None, description="Language modelling on a text column (with model.type gpt) instead of features and a target."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -63,6 +77,8 @@ class DataSection(Section):
         if isinstance(data.get("source"), str):
             data["source"] = {"type": "builtin", "name": data["source"]}
         source = data.get("source")
+        if data.get("corpus") is not None:  # language modelling: the text itself is the target
+            return data
         if isinstance(source, dict) and source.get("type") in SOURCES.names():
             default_columns = getattr(SOURCES.get(source["type"]).config, "default_columns", None)
             columns = default_columns(source) if default_columns else None
@@ -386,7 +402,7 @@ def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list
 
 
 TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output")
-DATA_ORDER = ("source", "features", "target", "augment", "split", "on_bad_row")
+DATA_ORDER = ("source", "corpus", "features", "target", "augment", "split", "on_bad_row")
 
 
 def _type_first(data: Any) -> Any:

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as np
 
-LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse"}
+LOWER_IS_BETTER = {"loss", "mse", "mae", "rmse", "perplexity"}
 
 
 def lower_is_better(name: str) -> bool:

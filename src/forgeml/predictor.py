@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from forgeml.config import validate_config
+from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, evaluation_windows
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
 from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parquet
 from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
+from forgeml.models.generation import generate
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
-from forgeml.training.loop import batched_outputs, resolve_device
+from forgeml.training.loop import LANGUAGE_MODELLING, batched_outputs, resolve_device
 
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
 
@@ -47,7 +49,7 @@ class Predictor:
         self.model = model.eval()
         self.device = device
         self.task = features.task
-        self.label_names = features.label_names
+        self.label_names = getattr(features, "label_names", [])
         self.batch_size = config.train.eval_batch_size
 
     # -- tensors in, tensors out
@@ -86,10 +88,63 @@ class Predictor:
         """Encoded inputs and targets of one of the run's splits, and its parsed rows."""
         if name not in ("train", "validation", "test"):
             raise DataError(f"split {name!r} is not one of: train, validation, test")
+        if self.task == LANGUAGE_MODELLING:
+            raise DataError(f"{self.run.path} is a language model: score it with language_model_metrics() or forgeml evaluate")
         table = self._dataset.split(name)
         if len(table) == 0:
             raise DataError(f"{self.run.path}: the {name} split of this run is empty")
         return self.features.transform_inputs(table), self.features.transform_target(table), table
+
+    def windows(self, name: str, limit: int = EVALUATION_WINDOWS) -> tuple[torch.Tensor, torch.Tensor]:
+        """A language model's held-out windows of one split (inputs and next tokens), from its token files."""
+        if self.task != LANGUAGE_MODELLING:
+            raise DataError(f"{self.run.path} is not a language model; use split()")
+        tokens = self.features.tokens(self.run / TOKENS_DIR, name)
+        inputs, targets = evaluation_windows(tokens, self.features.context, limit)
+        if len(inputs) == 0:
+            raise DataError(f"{self.run.path}: the {name} split holds too few tokens for one window of {self.features.context}")
+        return inputs, targets
+
+    # -- text generation (language models)
+
+    def generate_stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """Continue ``prompt``, yielding the new text piece by piece as tokens are chosen.
+
+        Sampling is reproducible from ``seed``; temperature 0 is greedy. Pieces never split a
+        character: bytes of an unfinished UTF-8 character wait for the token that completes it.
+        """
+        if self.task != LANGUAGE_MODELLING:
+            raise DataError(f"{self.run.path} is a {self.task} model; generate needs a language model (data.corpus, model.type gpt)")
+        ids = self.features.encode(prompt) if prompt else []
+        if not ids:
+            raise DataError("give a prompt of at least one character")
+        new: list[int] = []
+        shown = ""
+        for token in generate(
+            self.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+        ):
+            new.append(token)
+            text = self.features.decode(new)
+            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+        text = self.features.decode(new)
+        if len(text) > len(shown):
+            yield text[len(shown) :]
+
+    def generate(self, prompt: str, max_new_tokens: int = 200, **sampling: Any) -> str:
+        """The continuation of ``prompt`` (see ``generate_stream`` for the options)."""
+        return "".join(self.generate_stream(prompt, max_new_tokens, **sampling))
 
     # -- raw inputs in, readable predictions out
 
@@ -126,6 +181,8 @@ class Predictor:
     def predict_rows(self, inputs: Any) -> tuple[Table, list[dict[str, Any]]]:
         """Like ``predict``, also returning the parsed rows the predictions are for (their ``where()``
         names the file and line of each)."""
+        if self.task == LANGUAGE_MODELLING:
+            raise DataError(f"{self.run.path} is a language model: continue a text with forgeml generate (or Predictor.generate)")
         parsed = self.parse(self.to_table(inputs))
         return parsed, self.decode(self.outputs(self.features.transform_inputs(parsed)))
 
@@ -188,11 +245,13 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     run = RunDir.open(run_dir)
     run.verify(RUN_FILES)
     config = validate_config(run.read_yaml("config.yaml"), origin=str(run / "config.yaml"))
+
     def read(name: str) -> bytes:  # a feature's own file, e.g. tokenizer.json
         run.verify([name])
         return (run / name).read_bytes()
 
-    features = Features.from_state(run.read_json("features.json"), read)
+    state = run.read_json("features.json")
+    features: Any = Corpus.from_state(state, read) if state.get("task") == LANGUAGE_MODELLING else Features.from_state(state, read)
     torch_device = resolve_device(device)
     model = MODELS.build(config.model, inputs=features.input_spec, num_outputs=features.num_outputs)
     try:

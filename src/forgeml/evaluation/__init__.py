@@ -9,6 +9,7 @@ from typing import Any
 
 from forgeml.metrics import per_class_scores, persistence_scores, score
 from forgeml.predictor import Predictor, load
+from forgeml.training.loop import LANGUAGE_MODELLING, language_model_metrics
 
 
 @dataclass
@@ -18,9 +19,10 @@ class EvaluationResult:
     Attributes:
         split: train, validation or test.
         task: classification or regression.
-        rows: examples evaluated.
+        rows: examples evaluated (windows of a language model).
         metrics: accuracy, precision_macro, recall_macro, f1_macro (classification) or mse, mae, r2
-            (regression; a forecast of a series also gets the persistence baseline's mse and mae).
+            (regression; a forecast of a series also gets the persistence baseline's mse and mae), or
+            loss and perplexity (language modelling).
         label_names: class names, the order of the confusion matrix rows and columns.
         confusion_matrix: rows are true classes, columns predicted classes.
         per_class: precision, recall, F1 and support per class.
@@ -52,6 +54,26 @@ def run(target: str | Path | Predictor, split: str = "test", save: bool = True) 
     """
     predictor = target if isinstance(target, Predictor) else load(target)
     started = time.perf_counter()
+    if predictor.task == LANGUAGE_MODELLING:
+        result = _language_model(predictor, split, started)
+    else:
+        result = _predictions(predictor, split, started)
+    if save:
+        existing = predictor.run.read_json("evaluate.json") if (predictor.run / "evaluate.json").is_file() else {}
+        existing[split] = result.to_dict()
+        predictor.run.write_json("evaluate.json", existing)
+        predictor.run.write_manifest(["evaluate.json"])
+    return result
+
+
+def _language_model(predictor: Predictor, split: str, started: float) -> EvaluationResult:
+    """Next-token loss and perplexity on the split's held-out windows."""
+    inputs, targets = predictor.windows(split)
+    scores = language_model_metrics(predictor.model, inputs, targets, predictor.batch_size, predictor.device)
+    return EvaluationResult(split, predictor.task, int(inputs.shape[0]), scores, [], None, None, round(time.perf_counter() - started, 4))
+
+
+def _predictions(predictor: Predictor, split: str, started: float) -> EvaluationResult:
     inputs, targets, table = predictor.split(split)
     outputs = predictor.outputs(inputs)
     decode = predictor.features.decode_regression if predictor.task == "regression" else None
@@ -61,7 +83,7 @@ def run(target: str | Path | Predictor, split: str = "test", save: bool = True) 
         scores |= persistence_scores(*baseline)
     confusion = scores.pop("confusion_matrix", None)
     per_class = per_class_scores(confusion, predictor.label_names) if confusion is not None else None
-    result = EvaluationResult(
+    return EvaluationResult(
         split=split,
         task=predictor.task,
         rows=int(inputs.shape[0]),
@@ -71,9 +93,3 @@ def run(target: str | Path | Predictor, split: str = "test", save: bool = True) 
         per_class=per_class,
         seconds=round(time.perf_counter() - started, 4),
     )
-    if save:
-        existing = predictor.run.read_json("evaluate.json") if (predictor.run / "evaluate.json").is_file() else {}
-        existing[split] = result.to_dict()
-        predictor.run.write_json("evaluate.json", existing)
-        predictor.run.write_manifest(["evaluate.json"])
-    return result

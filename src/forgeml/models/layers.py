@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from forgeml.errors import ConfigError
@@ -119,3 +120,82 @@ class AdditiveAttention(nn.Module):
         scores = self.score(torch.tanh(self.project(values))).squeeze(-1)
         weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return torch.einsum("nl,nld->nd", weights, values)
+
+
+# --- transformer pieces (transformer, gpt) --------------------------------------------------------
+
+
+def require_heads_divide_dim(heads: int, dim: int) -> None:
+    """Stop unless ``heads`` divides ``dim``: every head gets an equal slice of each vector.
+
+    Raises:
+        ConfigError: ``dim % heads`` is not zero.
+    """
+    if dim % heads:
+        raise ConfigError(f"model.heads {heads} does not divide model.dim {dim}")
+
+
+def init_normal_weights(module: nn.Module) -> None:
+    """Normal(0, 0.02) weights and zero biases (as GPT-2 and BERT); a padding embedding stays zero.
+
+    For ``model.apply``. LayerNorms keep PyTorch's ones and zeros.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        with torch.no_grad():
+            module.weight[module.padding_idx].zero_()
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention in which each position attends only to the keys the mask allows.
+
+    ``project`` and ``merge`` are the two halves around the attention itself, so that a variant
+    (the GPT's causal attention with a key/value cache) changes only what happens in between.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.out = nn.Linear(dim, dim, bias=bias)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """N x L x D -> queries, keys and values, each N x heads x L x D/heads."""
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def merge(self, attended: Tensor) -> Tensor:
+        """N x heads x L x D/heads -> the heads side by side, through the output projection: N x L x D."""
+        batch, _, length, _ = attended.shape
+        return self.out(attended.transpose(1, 2).reshape(batch, length, -1))
+
+    def forward(self, x: Tensor, key_mask: Optional[Tensor]) -> Tensor:
+        """x: N x L x D; key_mask: N x 1 x 1 x L bool, True at keys to attend to (None: all)."""
+        q, k, v = self.project(x)
+        dropout = self.dropout if self.training else 0.0
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout))
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: the residual stream is only ever added to.
+
+    x = x + Attention(LN(x)); x = x + MLP(LN(x)), with dropout on both branches. The attention is
+    given (``SelfAttention`` or a variant), and whatever ``forward`` gets after ``x`` is passed to it.
+    """
+
+    def __init__(self, dim: int, ff_dim: int, dropout: float, attention: nn.Module, bias: bool = True):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim, bias=bias)
+        self.attention = attention
+        self.mlp_norm = nn.LayerNorm(dim, bias=bias)
+        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim, bias=bias), nn.GELU(), nn.Linear(ff_dim, dim, bias=bias))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, *attention_args: Any) -> Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), *attention_args))
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))

@@ -13,14 +13,21 @@ import math
 from typing import Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from forgeml.config import Section
 from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
-from forgeml.models.layers import masked_mean, padding_mask, require_input_kind
+from forgeml.models.layers import (
+    Block,
+    SelfAttention,
+    init_normal_weights,
+    masked_mean,
+    padding_mask,
+    require_heads_divide_dim,
+    require_input_kind,
+)
 from forgeml.registry import MODELS
 
 
@@ -40,41 +47,6 @@ class TransformerConfig(Section):
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="cls: a learned vector prepended to every input is read out; mean: the average of the real positions."
     )
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention in which each position attends only to the keys the mask allows."""
-
-    def __init__(self, dim: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads = heads
-        self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, key_mask: Optional[Tensor]) -> Tensor:
-        """x: N x L x D; key_mask: N x 1 x 1 x L bool, True at keys to attend to (None: all)."""
-        batch, length, dim = x.shape
-        # N x L x 3D -> three N x heads x L x D/heads
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(attended.transpose(1, 2).reshape(batch, length, dim))
-
-
-class Block(nn.Module):
-    """A pre-LayerNorm transformer block: the residual stream is only ever added to."""
-
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(dim)
-        self.attention = SelfAttention(dim, heads, dropout)
-        self.mlp_norm = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, key_mask: Optional[Tensor]) -> Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), key_mask))
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -108,10 +80,13 @@ class Transformer(nn.Module):
         # The CLS vector gets no position: it is one learned vector, told apart from the tokens already.
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.ff_dim or 4 * cfg.dim, cfg.dropout) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.ff_dim or 4 * cfg.dim, cfg.dropout, SelfAttention(cfg.dim, cfg.heads, cfg.dropout))
+            for _ in range(cfg.layers)
+        )
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, num_outputs)
-        self.apply(_init_weights)
+        self.apply(init_normal_weights)
         for parameter in (self.learned_positions, self.cls):
             if parameter is not None:
                 nn.init.normal_(parameter, std=0.02)
@@ -141,22 +116,10 @@ class Transformer(nn.Module):
         return self.head(pooled)
 
 
-def _init_weights(module: nn.Module) -> None:
-    """Normal(0, 0.02) weights and zero biases (as GPT-2 and BERT); the padding embedding stays zero."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-        with torch.no_grad():
-            module.weight[module.padding_idx].zero_()
-
-
 @MODELS.register("transformer", TransformerConfig)
 def build_transformer(cfg: TransformerConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module:
     require_input_kind("transformer", inputs, ("tokens", "sequence"))
-    if cfg.dim % cfg.heads:
-        raise ConfigError(f"model.heads {cfg.heads} does not divide model.dim {cfg.dim}")
+    require_heads_divide_dim(cfg.heads, cfg.dim)
     if cfg.max_length is not None and cfg.max_length < inputs.shape[0]:
         raise ConfigError(
             f"model.max_length {cfg.max_length} is shorter than the inputs ({inputs.describe()}); raise it or leave it null"

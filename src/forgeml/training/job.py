@@ -1,6 +1,7 @@
 """A training job: from a config to a finished run directory.
 
     config -> run dir (config.yaml) -> rows, split -> features fitted on train (features.json)
+                                    or a corpus -> tokenizer.json, tokens/<split>.bin
            -> model -> the loop (history.jsonl, checkpoints/) -> model.safetensors, metrics.json, manifest.json
 """
 
@@ -13,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save as save_tensors
@@ -21,14 +22,25 @@ from safetensors.torch import save as save_tensors
 from forgeml.config import config_to_dict, dump_config, load_config
 from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
+from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, WindowBatches, evaluation_windows
 from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError
 from forgeml.metrics import persistence_scores
-from forgeml.registry import MODELS
+from forgeml.inputs import InputSpec
+from forgeml.registry import MODELS, SOURCES
 from forgeml.run import RunDir
 from forgeml.training.callbacks import Progress
 from forgeml.training.checkpoint import state_dict_tensors
-from forgeml.training.loop import batched_outputs, check_precision, fit, resolve_device, seed_everything, task_metrics
+from forgeml.training.loop import (
+    LANGUAGE_MODELLING,
+    batched_outputs,
+    check_precision,
+    fit,
+    language_model_metrics,
+    resolve_device,
+    seed_everything,
+    task_metrics,
+)
 
 # Keys that may change when a run is resumed: training for longer is the common reason to resume.
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps"}
@@ -118,6 +130,120 @@ def train(
         raise
 
 
+@dataclass
+class Prepared:
+    """The data side of a run, ready for the loop: what the job needs, whatever the task."""
+
+    task: str
+    inputs: InputSpec
+    num_outputs: int
+    batches: Any  # InMemoryBatches (rows) or WindowBatches (a corpus)
+    validation: tuple[torch.Tensor, torch.Tensor] | None
+    description: str
+    sizes: str  # "train 1,439, validation 179, test 179 rows"
+    final_metrics: Callable[[torch.nn.Module], dict[str, dict[str, Any]]]  # per split, after training
+    decode: Callable[[Any], Any] | None = None
+    skipped_rows: int = 0
+    summary: Callable[[dict[str, Any]], str] = lambda metrics: ""
+
+
+def _save_data_state(run: RunDir, state: dict[str, Any], files: dict[str, bytes], resuming: bool) -> None:
+    """Write features.json and its files (tokenizer.json); a resumed run must find them unchanged."""
+    if resuming and (
+        run.read_json("features.json") != state or any(not (run / n).is_file() or (run / n).read_bytes() != b for n, b in files.items())
+    ):
+        raise ConfigError(f"{run.path}: the data or its preprocessing changed since the run started; start a new run")
+    run.write_json("features.json", state)
+    for name, content in files.items():
+        run.write_bytes(name, content)
+
+
+def _prepare_rows(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -> Prepared:
+    """Rows, split, features fitted on the training split only; batches of whole tensors in memory."""
+    dataset = load_dataset(cfg.data, cfg.seed)
+    features = dataset.features
+    tables = {name: dataset.split(name) for name in SPLITS}
+    features.fit(tables["train"])
+    state = features.to_state() | {"splits": dataset.split_summary(), "skipped_rows": dataset.skipped}
+    _save_data_state(run, state, features.files(), resuming)
+    tensors = {
+        name: (features.transform_inputs(table), features.transform_target(table)) for name, table in tables.items() if len(table)
+    }
+    train_x, train_y = (t.to(device) for t in tensors["train"])
+    batch_size = None if cfg.train.batch_size == "full" else int(cfg.train.batch_size)
+    decode = features.decode_regression if features.task == "regression" else None
+
+    def final_metrics(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+        metrics: dict[str, dict[str, Any]] = {}
+        for name, (inputs, targets) in tensors.items():
+            outputs = batched_outputs(model, inputs, cfg.train.eval_batch_size, device, cfg.train.precision)
+            metrics[name] = task_metrics(outputs, targets, features.task, features.num_outputs, decode)
+            baseline = features.persistence(tables[name])
+            if baseline is not None:  # a forecaster is only useful if it beats "tomorrow = today"
+                metrics[name] |= persistence_scores(*baseline)
+        return metrics
+
+    def summary(metrics: dict[str, Any]) -> str:
+        key = "accuracy" if features.task == "classification" else "mse"
+        text = f"{key} {metrics[key]:.4f}"
+        if "persistence_mae" in metrics:
+            text += f" (mae {metrics['mae']:.4f}; persistence baseline mae {metrics['persistence_mae']:.4f})"
+        return text
+
+    return Prepared(
+        task=features.task,
+        inputs=features.input_spec,
+        num_outputs=features.num_outputs,
+        batches=InMemoryBatches((train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed),
+        validation=tuple(t.to(device) for t in tensors["validation"]) if "validation" in tensors else None,  # type: ignore[arg-type]
+        description=dataset.description,
+        sizes=", ".join(f"{n} {len(t):,}" for n, t in tables.items()) + " rows",
+        final_metrics=final_metrics,
+        decode=decode,
+        skipped_rows=sum(dataset.skipped.values()),
+        summary=summary,
+    )
+
+
+def _prepare_corpus(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -> Prepared:
+    """A text corpus tokenized into token files in the run; random windows of them for training."""
+    context = getattr(cfg.model, "context", None)
+    if context is None:
+        raise ConfigError(f"data.corpus (language modelling) needs a model that predicts next tokens: model.type gpt, not {cfg.model.type}")
+    if cfg.train.batch_size == "full":
+        raise ConfigError("train.batch_size: 'full' does not apply to language modelling; give windows per batch, e.g. 32")
+    source = SOURCES.build(cfg.data.source)
+    corpus = Corpus(cfg.data.corpus, context)
+    # tokens go to a scratch folder first: a resumed run whose text changed must keep its own files
+    scratch = run / ".tokens.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    corpus.build(source.table, cfg.data.split, cfg.seed, scratch)
+    _save_data_state(run, corpus.to_state(), corpus.files(), resuming)
+    shutil.rmtree(run / TOKENS_DIR, ignore_errors=True)
+    scratch.replace(run / TOKENS_DIR)
+    tokens = {name: corpus.tokens(run / TOKENS_DIR, name) for name in SPLITS}
+    windows = {name: evaluation_windows(t, context, EVALUATION_WINDOWS) for name, t in tokens.items()}
+    windows = {name: w for name, w in windows.items() if len(w[0])}
+
+    def final_metrics(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+        return {
+            name: language_model_metrics(model, inputs, targets, cfg.train.eval_batch_size, device, cfg.train.precision)
+            for name, (inputs, targets) in windows.items()
+        }
+
+    return Prepared(
+        task=LANGUAGE_MODELLING,
+        inputs=corpus.input_spec,
+        num_outputs=corpus.num_outputs,
+        batches=WindowBatches(tokens["train"], context, int(cfg.train.batch_size), seed=cfg.seed, device=device),
+        validation=tuple(t.to(device) for t in windows["validation"]) if "validation" in windows else None,  # type: ignore[arg-type]
+        description=f"{source.description} as a {cfg.data.corpus.tokenizer} corpus (vocabulary {corpus.vocab_size:,})",
+        sizes=", ".join(f"{n} {len(t):,}" for n, t in tokens.items()) + " tokens",
+        final_metrics=final_metrics,
+        summary=lambda metrics: f"loss {metrics['loss']:.4f}, perplexity {metrics['perplexity']:.2f}",
+    )
+
+
 def _train_in(
     run: RunDir,
     cfg: Any,
@@ -129,43 +255,20 @@ def _train_in(
     command: list[str] | None,
 ) -> TrainResult:
 
-    # -- data: rows, split, features fitted on the training split only
-    dataset = load_dataset(cfg.data, cfg.seed)
-    features = dataset.features
-    tables = {name: dataset.split(name) for name in SPLITS}
-    features.fit(tables["train"])
-    state = features.to_state() | {"splits": dataset.split_summary(), "skipped_rows": dataset.skipped}
-    files = features.files()  # e.g. tokenizer.json
-    if resume_files is not None and (
-        run.read_json("features.json") != state or any(not (run / n).is_file() or (run / n).read_bytes() != b for n, b in files.items())
-    ):
-        raise ConfigError(f"{run.path}: the data or its preprocessing changed since the run started; start a new run")
-    run.write_json("features.json", state)
-    for name, content in files.items():
-        run.write_bytes(name, content)
-    tensors = {
-        name: (features.transform_inputs(table), features.transform_target(table)) for name, table in tables.items() if len(table)
-    }
+    # -- data: rows and features fitted on the training split, or a tokenized corpus
+    prepare = _prepare_corpus if cfg.data.corpus is not None else _prepare_rows
+    data = prepare(run, cfg, device, resume_files is not None)
 
     # -- model
     seed_everything(cfg.seed)
-    model = MODELS.build(cfg.model, inputs=features.input_spec, num_outputs=features.num_outputs).to(device)
+    model = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=data.num_outputs).to(device)
     parameters = sum(p.numel() for p in model.parameters())
-
-    train_x, train_y = (t.to(device) for t in tensors["train"])
-    batch_size = None if cfg.train.batch_size == "full" else int(cfg.train.batch_size)
-    batches = InMemoryBatches((train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed)
-    validation = tuple(t.to(device) for t in tensors["validation"]) if "validation" in tensors else None
     # training batches only; a data.augment item that does not fit the inputs stops here, before any step
-    augment = Augmenter(cfg.data.augment, features.input_spec, features.num_outputs, features.task, cfg.seed, device) if cfg.data.augment else None
+    augment = Augmenter(cfg.data.augment, data.inputs, data.num_outputs, data.task, cfg.seed, device) if cfg.data.augment else None
 
-    echo(
-        f"training {cfg.model.type} ({parameters:,} parameters) on {dataset.description}: "
-        f"{', '.join(f'{n} {len(t):,}' for n, t in tables.items())} rows; device {device}; run {run.path}"
-    )
+    echo(f"training {cfg.model.type} ({parameters:,} parameters) on {data.description}: {data.sizes}; device {device}; run {run.path}")
     if resume_files is None:
         (run / "history.jsonl").unlink(missing_ok=True)
-    decode = features.decode_regression if features.task == "regression" else None
     progress = None if quiet else Progress(live=live_progress)
     started = time.perf_counter()
 
@@ -176,13 +279,13 @@ def _train_in(
         run.truncate_history(json.loads(resume_files["state.json"])["step"])
     result = fit(
         model,
-        batches,
+        data.batches,
         cfg.train,
-        task=features.task,
-        num_outputs=features.num_outputs,
+        task=data.task,
+        num_outputs=data.num_outputs,
         device=device,
-        validation=validation,  # type: ignore[arg-type]
-        decode_target=decode,
+        validation=data.validation,
+        decode_target=data.decode,
         save_checkpoint=save_checkpoint,
         resume_files=resume_files,
         log=run.append_history,
@@ -192,15 +295,9 @@ def _train_in(
 
     # -- final weights and metrics on every split
     run.write_bytes("model.safetensors", save_tensors(state_dict_tensors(model)))
-    metrics: dict[str, Any] = {}
-    for name, (inputs, targets) in tensors.items():
-        outputs = batched_outputs(model, inputs, cfg.train.eval_batch_size, device, cfg.train.precision)
-        metrics[name] = task_metrics(outputs, targets, features.task, features.num_outputs, decode)
-        baseline = features.persistence(tables[name])
-        if baseline is not None:  # a forecaster is only useful if it beats "tomorrow = today"
-            metrics[name] |= persistence_scores(*baseline)
+    metrics = data.final_metrics(model)
     summary = {
-        "task": features.task,
+        "task": data.task,
         "splits": metrics,
         "training": {
             "steps": result.state.step,
@@ -214,7 +311,7 @@ def _train_in(
             "seconds": round(result.state.train_seconds, 3),
             "parameters": parameters,
             "device": str(device),
-            "skipped_rows": sum(dataset.skipped.values()),
+            "skipped_rows": data.skipped_rows,
         },
         "environment": {
             "python": platform.python_version(),
@@ -225,13 +322,9 @@ def _train_in(
     }
     run.write_json("metrics.json", summary)
     run.write_manifest()
+    if (run / TOKENS_DIR).is_dir():  # the token files are artifacts of the run too
+        run.write_manifest([f"{TOKENS_DIR}/{p.name}" for p in sorted((run / TOKENS_DIR).glob("*.bin"))])
     elapsed = time.perf_counter() - started
     split_name = next(name for name in ("test", "validation", "train") if name in metrics)
-    key = "accuracy" if features.task == "classification" else "mse"
-    versus = ""
-    if "persistence_mae" in metrics[split_name]:
-        result_mae, baseline_mae = metrics[split_name]["mae"], metrics[split_name]["persistence_mae"]
-        versus = f" (mae {result_mae:.4f}; persistence baseline mae {baseline_mae:.4f})"
-    echo(f"done in {elapsed:.1f}s: {split_name} {key} {metrics[split_name][key]:.4f}{versus}; run directory {run.path}")
+    echo(f"done in {elapsed:.1f}s: {split_name} {data.summary(metrics[split_name])}; run directory {run.path}")
     return TrainResult(run.path, summary)
-

@@ -78,6 +78,8 @@ def set_deterministic(enabled: bool) -> None:
 # --------------------------------------------------------------------------------------------------
 # loss and evaluation
 
+LANGUAGE_MODELLING = "language_modelling"  # predict every next token of a window (data.corpus)
+
 
 def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy (classification) or mean squared error (regression), as a float32 scalar.
@@ -87,7 +89,29 @@ def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_
     """
     if task == "classification":
         return F.cross_entropy(outputs.float(), targets, label_smoothing=label_smoothing)
+    if task == LANGUAGE_MODELLING:  # N x T x V logits, N x T next tokens: every position predicts one
+        return F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), label_smoothing=label_smoothing)
     return F.mse_loss(outputs.float().squeeze(-1), targets)
+
+
+@torch.no_grad()
+def language_model_metrics(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, float]:
+    """Mean next-token loss and perplexity (exp of it) over windows, batch by batch: the N x T x V
+    logits of a whole split would not fit in memory."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, inputs.shape[0], batch_size):
+        with autocast(device, precision):
+            logits = model(inputs[start : start + batch_size].to(device))
+        batch_targets = targets[start : start + batch_size].to(device)
+        total += float(F.cross_entropy(logits.flatten(0, 1).float(), batch_targets.flatten(), reduction="sum"))
+        count += batch_targets.numel()
+    model.train(was_training)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
 
 @torch.no_grad()
@@ -188,7 +212,10 @@ def fit(
     """
     check_precision(device, cfg.precision)
     if cfg.monitor != "loss" and validation is not None:
-        known = ("accuracy", "precision_macro", "recall_macro", "f1_macro") if task == "classification" else ("mse", "mae", "r2")
+        known = {
+            "classification": ("accuracy", "precision_macro", "recall_macro", "f1_macro"),
+            LANGUAGE_MODELLING: ("perplexity",),
+        }.get(task, ("mse", "mae", "r2"))
         if cfg.monitor not in known:
             raise ConfigError(f"train.monitor: {cfg.monitor!r} is not one of: loss, {', '.join(known)}")
     set_deterministic(cfg.deterministic)
@@ -223,6 +250,8 @@ def fit(
 
     def evaluate() -> dict[str, Any]:
         assert validation is not None
+        if task == LANGUAGE_MODELLING:
+            return language_model_metrics(model, validation[0], validation[1], cfg.eval_batch_size, device, cfg.precision)
         outputs = batched_outputs(model, validation[0], cfg.eval_batch_size, device, cfg.precision)
         return task_metrics(outputs, validation[1].cpu(), task, num_outputs, decode_target)
 
@@ -307,7 +336,7 @@ def fit(
             if validation is not None and (due or final):
                 validation_metrics = evaluate()
                 value = validation_metrics[cfg.monitor]
-                shown = "accuracy" if task == "classification" else "mse"
+                shown = {"classification": "accuracy", LANGUAGE_MODELLING: "perplexity"}.get(task, "mse")
                 summary = f"{cfg.monitor} {value:.4f}" + (f"  {shown} {validation_metrics[shown]:.4f}" if shown != cfg.monitor else "")
                 if log is not None:
                     record = {k: v for k, v in validation_metrics.items() if k != "confusion_matrix"}
