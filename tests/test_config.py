@@ -34,13 +34,13 @@ def with_section(section: str, **changes: Any) -> dict[str, Any]:
 
 
 def test_unknown_model_type_lists_the_registered_types():
-    assert config_error(with_section("model", type="cnnn")) == "config: model.type: 'cnnn' is not one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt"
+    assert config_error(with_section("model", type="cnnn")) == "config: model.type: 'cnnn' is not one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt, hf"
 
 
 def test_missing_model_type_lists_the_registered_types():
     config = tiny_config()
     del config["model"]["type"]
-    assert config_error(config) == "config: model: needs a `type`, one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt"
+    assert config_error(config) == "config: model: needs a `type`, one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt, hf"
 
 
 def test_unknown_key_lists_the_allowed_keys():
@@ -425,7 +425,7 @@ def test_json_schema_is_a_json_schema_document():
     check_schema_node(schema, schema, "#")
     model = schema["properties"]["model"]
     assert model["discriminator"]["propertyName"] == "type"
-    assert sorted(model["discriminator"]["mapping"]) == ["attention", "cnn", "gpt", "linear", "mlp", "rnn", "textcnn", "transformer"]
+    assert sorted(model["discriminator"]["mapping"]) == ["attention", "cnn", "gpt", "hf", "linear", "mlp", "rnn", "textcnn", "transformer"]
     assert schema["$defs"]["TrainConfig"]["additionalProperties"] is False  # editors flag typos too
 
 

@@ -56,7 +56,7 @@ def test_validate_ok(calls: dict[str, Any]) -> None:
 
 def test_validate_names_the_yaml_path_of_an_error(calls: dict[str, Any]) -> None:
     line = assert_user_error(calls["invalid"])
-    assert line == f"error: {calls['tiny']}: model.type: 'cnnn' is not one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt"
+    assert line == f"error: {calls['tiny']}: model.type: 'cnnn' is not one of: cnn, linear, mlp, rnn, attention, textcnn, transformer, gpt, hf"
     assert calls["invalid"].stdout == ""
 
 
@@ -102,7 +102,7 @@ def test_schema_is_a_json_schema_of_the_config(schema: dict[str, Any]) -> None:
     assert {"lr", "epochs", "max_steps", "batch_size", "optimizer"} <= set(defs["TrainConfig"]["properties"])
     assert defs["TrainConfig"]["properties"]["optimizer"]["enum"] == ["sgd", "adam", "adamw"]
     model_types = set(schema["properties"]["model"]["discriminator"]["mapping"])
-    assert model_types == {"cnn", "linear", "mlp", "rnn", "attention", "textcnn", "transformer", "gpt"}
+    assert model_types == {"cnn", "linear", "mlp", "rnn", "attention", "textcnn", "transformer", "gpt", "hf"}
 
 
 @pytest.mark.parametrize("example", EXAMPLE_PARAMS)

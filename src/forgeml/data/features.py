@@ -18,7 +18,7 @@ from pydantic import Field
 
 from forgeml.config import Section
 from forgeml.data.table import Table
-from forgeml.errors import DataError
+from forgeml.errors import ConfigError, DataError
 from forgeml.inputs import InputSpec
 from forgeml.registry import FEATURES
 
@@ -355,16 +355,22 @@ class ImageFeature:
 
 
 class TextConfig(Section):
-    """A column of text, split into tokens by a tokenizer trained on the training split."""
+    """A column of text, split into tokens by a tokenizer trained on the training split (or a pretrained model's own)."""
 
     type: Literal["text"] = Field(description="A text column.")
     name: str = Field(description="Column name.")
-    tokenizer: Literal["word", "bpe"] = Field(
-        "word", description="word: one token per word or punctuation mark; bpe: byte-pair-encoded subwords (fewer unknown words)."
+    tokenizer: Literal["word", "bpe", "pretrained"] = Field(
+        "word",
+        description="word: one token per word or punctuation mark; bpe: byte-pair-encoded subwords (fewer unknown words); "
+        "pretrained: the tokenizer of the `pretrained` model, unchanged (for model type hf).",
     )
-    vocab_size: int = Field(20000, ge=10, description="Most tokens kept, the two special tokens [PAD] and [UNK] included.")
-    min_frequency: int = Field(2, ge=1, description="Tokens seen fewer times in training become [UNK].")
-    lowercase: bool = Field(True, description="Lowercase and strip accents before tokenizing.")
+    pretrained: Optional[str] = Field(
+        None,
+        description="tokenizer pretrained: a local model directory or Hugging Face hub id; null: all-MiniLM-L6-v2 (bundled, offline).",
+    )
+    vocab_size: int = Field(20000, ge=10, description="word / bpe: most tokens kept, the two special tokens [PAD] and [UNK] included.")
+    min_frequency: int = Field(2, ge=1, description="word / bpe: tokens seen fewer times in training become [UNK].")
+    lowercase: bool = Field(True, description="word / bpe: lowercase and strip accents before tokenizing.")
     max_length: Optional[int] = Field(
         None, ge=1, description="Tokens kept per text (longer texts are truncated, shorter padded); null: enough for 99% of training texts."
     )
@@ -396,6 +402,11 @@ class TextFeature:
     def vocab_size(self) -> int:
         return int(self.tokenizer.get_vocab_size())
 
+    @property
+    def pad_id(self) -> int:
+        """The id padding is written with: 0 ([PAD]) for word / bpe, the model's own for a pretrained tokenizer."""
+        return int(self.tokenizer.padding["pad_id"])
+
     def parse(self, column: np.ndarray, table: Table) -> Parsed:
         values = np.empty(len(column), dtype=object)
         bad = np.zeros(len(column), dtype=bool)
@@ -417,7 +428,35 @@ class TextFeature:
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # words and runs of punctuation
         return tokenizer
 
+    def _pretrained_tokenizer(self) -> tuple[Any, str, int, int | None]:
+        from forgeml.pretrained import load_tokenizer, resolve
+
+        loaded = load_tokenizer(resolve(self.cfg.pretrained))
+        if self.cfg.max_length is not None and loaded.max_length is not None and self.cfg.max_length > loaded.max_length:
+            raise ConfigError(
+                f"text feature {self.cfg.name!r}: max_length {self.cfg.max_length} is longer than the pretrained model takes ({loaded.max_length})"
+            )
+        return loaded.tokenizer, loaded.pad_token, loaded.pad_id, loaded.max_length
+
     def fit(self, values: np.ndarray) -> None:
+        texts = [str(v) for v in values]
+        if self.cfg.tokenizer == "pretrained":
+            # the model's vocabulary is fixed: nothing is trained, only the length is chosen from the data
+            tokenizer, pad_token, pad_id, model_limit = self._pretrained_tokenizer()
+        else:
+            tokenizer, pad_token, pad_id, model_limit = self._trained_tokenizer(texts), PAD, 0, None
+        max_length = self.cfg.max_length
+        if max_length is None:
+            lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] or [1]
+            max_length = max(1, int(math.ceil(np.percentile(lengths, 99) / 8) * 8))  # a multiple of 8 suits kernels
+            if model_limit is not None:
+                max_length = min(max_length, model_limit)
+        # truncation keeps the special tokens the tokenizer adds ([CLS] ... [SEP] stays whole)
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token, length=max_length)
+        self.tokenizer = tokenizer
+
+    def _trained_tokenizer(self, texts: list[str]) -> Any:
         from tokenizers import trainers
 
         tokenizer = self._new_tokenizer()
@@ -425,15 +464,8 @@ class TextFeature:
         trainer = trainer_class(
             vocab_size=self.cfg.vocab_size, min_frequency=self.cfg.min_frequency, special_tokens=[PAD, UNK], show_progress=False
         )
-        texts = [str(v) for v in values]
         tokenizer.train_from_iterator(texts, trainer)
-        max_length = self.cfg.max_length
-        if max_length is None:
-            lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)] or [1]
-            max_length = max(1, int(math.ceil(np.percentile(lengths, 99) / 8) * 8))  # a multiple of 8 suits kernels
-        tokenizer.enable_truncation(max_length)
-        tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=max_length)
-        self.tokenizer = tokenizer
+        return tokenizer
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         encodings = self.tokenizer.encode_batch([str(v) for v in values])
@@ -443,17 +475,17 @@ class TextFeature:
 
     def lengths(self, values: np.ndarray) -> np.ndarray:
         """Tokens per text before truncation (for data inspect)."""
-        length = self.max_length
+        length, padding = self.max_length, dict(self.tokenizer.padding)
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         try:
             return np.array([len(e.ids) for e in self.tokenizer.encode_batch([str(v) for v in values])], dtype=np.int64)
         finally:
             self.tokenizer.enable_truncation(length)
-            self.tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=length)
+            self.tokenizer.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"], length=length)
 
     def spec(self) -> InputSpec:
-        return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=0)
+        return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=self.pad_id)
 
     def state(self) -> dict[str, Any]:
         return {"tokenizer": self.FILE, "vocab_size": self.vocab_size, "max_length": self.max_length}

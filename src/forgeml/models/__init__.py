@@ -2,4 +2,4 @@
 
 # importing registers them, in this order (attention imports rnn, so rnn comes first whatever the order here)
 from forgeml.models import cnn, linear, mlp  # noqa: F401
-from forgeml.models import rnn, attention, textcnn, transformer, gpt  # noqa: F401
+from forgeml.models import rnn, attention, textcnn, transformer, gpt, hf  # noqa: F401

@@ -1,0 +1,214 @@
+"""A pretrained Hugging Face encoder with a new classification or regression head, optionally with LoRA.
+
+``AutoModelForSequenceClassification`` loads the pretrained network (``pretrained:``, resolved by
+``forgeml.pretrained``: a local directory, a hub id, or the bundled all-MiniLM-L6-v2) and adds a
+fresh head of ``num_outputs`` logits; forgeml computes the loss from them, as for every model. It
+reads token ids made by the same model's tokenizer (a text feature with ``tokenizer: pretrained``),
+and the attention mask is ``ids != pad_id``, as for every token model here.
+
+Fine-tuning is full, partly frozen (``freeze``), or low-rank adapters through peft (``adapter``):
+only the adapters and the head train. ``adapter_state_dict`` holds just those tensors (an
+adapter-only checkpoint is a few hundred KB, not the whole model), and ``merge`` folds the adapters
+into the base weights, giving the ordinary model later stages (export, serve) expect.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from forgeml.config import Section
+from forgeml.errors import CheckpointError, ConfigError
+from forgeml.inputs import InputSpec
+from forgeml.models.layers import padding_mask, require_input_kind
+from forgeml.pretrained import ResolvedModel, load_tokenizer, quiet_transformers, resolve
+from forgeml.registry import MODELS
+
+MATCHING_TEXT_FEATURE = "use data.features: [{type: text, tokenizer: pretrained, ...}] with the same pretrained model"
+
+
+class LoRAConfig(Section):
+    """Low-rank adapters (Hu et al. 2021): W x + (alpha / r) B A x, with only A and B (and the head) trained."""
+
+    type: Literal["lora"] = Field(description="LoRA adapters through peft.")
+    r: int = Field(8, ge=1, description="Rank of each adapter; higher: more capacity and more trained parameters.")
+    alpha: int = Field(16, ge=1, description="Scale of the adapters' output, alpha / r; usually 2 x r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: Optional[list[str]] = Field(
+        None, description="Names of the linear layers that get adapters (e.g. [query, value]); null: peft's default for the architecture."
+    )
+
+
+class HFConfig(Section):
+    """A pretrained transformers model (AutoModelForSequenceClassification) with a new head; full, frozen or LoRA fine-tuning."""
+
+    type: Literal["hf"] = Field(description="Pretrained Hugging Face model.")
+    pretrained: Optional[str] = Field(
+        None, description="A local model directory or Hugging Face hub id; null: all-MiniLM-L6-v2 (bundled, offline). Same as the text feature's."
+    )
+    freeze: Literal["none", "encoder", "layers"] = Field(
+        "none",
+        description="none: train everything; encoder: train only the new head; layers: freeze the embeddings and the first freeze_layers layers.",
+    )
+    freeze_layers: int = Field(0, ge=0, description="freeze: layers: how many of the first transformer layers stay fixed.")
+    adapter: Optional[LoRAConfig] = Field(None, description="Train low-rank adapters (and the head) instead of the pretrained weights.")
+
+
+class PretrainedClassifier(nn.Module):
+    """Token ids in, logits out: wraps the transformers (or peft) network and makes its attention mask."""
+
+    def __init__(self, network: nn.Module, pad_id: int, resolved: ResolvedModel):
+        super().__init__()
+        self.network = network
+        self.pad_id = pad_id
+        self.resolved = resolved  # which base model this is: for forgeml.pretrained.identity
+
+    def forward(self, ids: Tensor) -> Tensor:
+        attention_mask = padding_mask(ids, self.pad_id).long()
+        return self.network(input_ids=ids, attention_mask=attention_mask).logits
+
+
+def _layer_list(backbone: nn.Module, layers: int) -> tuple[str, nn.ModuleList]:
+    """The backbone's stack of transformer layers: the first ModuleList as long as the config says."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == layers:
+            return name, module
+    raise ConfigError(f"model.freeze: layers: cannot find the {layers} transformer layers of this model; use freeze: encoder or none")
+
+
+def _freeze(network: nn.Module, cfg: HFConfig) -> None:
+    backbone = network.base_model  # everything but the head (BertModel inside BertForSequenceClassification)
+    if cfg.freeze == "encoder":
+        backbone.requires_grad_(False)
+        return
+    layers = int(getattr(network.config, "num_hidden_layers", 0) or 0)
+    if cfg.freeze_layers > layers:
+        raise ConfigError(f"model.freeze_layers {cfg.freeze_layers} is more than the model's {layers} layers")
+    prefix, stack = _layer_list(backbone, layers)
+    frozen = {id(p) for layer in stack[: cfg.freeze_layers] for p in layer.parameters()}
+    in_stack = {id(p) for p in stack.parameters()}
+    # parameters registered before the layer stack are the embeddings; those after it (pooler, final norm) stay trainable
+    before_stack = True
+    for _, parameter in backbone.named_parameters():
+        if id(parameter) in in_stack:
+            before_stack = False
+        if id(parameter) in frozen or (before_stack and id(parameter) not in in_stack):
+            parameter.requires_grad_(False)
+
+
+def _with_lora(network: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    # SEQ_CLS keeps the new head trainable (peft wraps it as a module to save)
+    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
+    try:
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: nothing a user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            return get_peft_model(network, lora)
+    except ValueError as exc:  # no default target modules for the architecture, or a name that matches nothing
+        raise ConfigError(f"model.adapter.target_modules: {str(exc).splitlines()[0]}; name the linear layers to adapt, e.g. [query, value]") from None
+
+
+@MODELS.register("hf", HFConfig)
+def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module:
+    """Load the pretrained model with a new head of ``num_outputs`` logits.
+
+    Raises:
+        ConfigError: the inputs are not token ids from this model's tokenizer, are longer than the
+            model takes, or the freeze / adapter options do not fit the model.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    require_input_kind("hf", inputs, ("tokens",))
+    resolved = resolve(cfg.pretrained)
+    vocabulary = load_tokenizer(resolved).tokenizer.get_vocab_size()
+    if inputs.vocab_size != vocabulary:
+        raise ConfigError(
+            f"model type hf ({resolved.path_or_id}) reads ids from its own tokenizer of {vocabulary:,} tokens, "
+            f"the data gives {inputs.describe()}; {MATCHING_TEXT_FEATURE}"
+        )
+    if cfg.adapter is not None and cfg.freeze != "none":
+        raise ConfigError("model.freeze: with an adapter the pretrained weights are frozen already; leave freeze: none")
+    problem = "regression" if num_outputs == 1 else "single_label_classification"
+    with quiet_transformers():
+        network = AutoModelForSequenceClassification.from_pretrained(
+            str(resolved.local_dir), num_labels=num_outputs, problem_type=problem, dtype=torch.float32
+        )
+    positions = getattr(network.config, "max_position_embeddings", None)
+    if positions is not None and inputs.shape[0] > positions:
+        raise ConfigError(f"the inputs ({inputs.describe()}) are longer than {resolved.path_or_id} takes ({positions}); set the text feature's max_length")
+    if getattr(network.config, "pad_token_id", None) is None:
+        network.config.pad_token_id = inputs.pad_id  # decoder models find the last real token by it
+    if cfg.freeze != "none":
+        _freeze(network, cfg)
+    if cfg.adapter is not None:
+        network = _with_lora(network, cfg.adapter)
+    return PretrainedClassifier(network, inputs.pad_id, resolved)
+
+
+def trainable_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, e.g. for a log line 'training 0.3% of 22.7M parameters'."""
+    parameters = list(module.parameters())
+    return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
+
+
+def is_adapted(module: nn.Module) -> bool:
+    """Whether ``module`` carries peft adapters (so ``merge`` has something to do)."""
+    if not isinstance(module, PretrainedClassifier):  # any other model: no need to import peft
+        return False
+    from peft import PeftModel
+
+    return isinstance(getattr(module, "network", None), PeftModel)
+
+
+def merge(module: nn.Module) -> nn.Module:
+    """An ordinary model with the LoRA weights folded into the base weights; ``module`` is left as it was.
+
+    The result computes what ``module`` does (up to float rounding) with no peft in it, and its
+    state dict has the keys of the same ``hf`` model built without ``adapter``, so later stages load
+    it from a config with the adapter removed. A module without adapters is returned unchanged.
+    """
+    if not is_adapted(module):
+        return module
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: nothing a user can act on
+        warnings.simplefilter("ignore", FutureWarning)
+        merged_network = copy.deepcopy(module.network).merge_and_unload()
+    merged = PretrainedClassifier(merged_network, module.pad_id, module.resolved)
+    merged.requires_grad_(True)  # an ordinary model again: nothing frozen by the adapter remains
+    return merged.train(module.training)
+
+
+def adapter_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    """Only the trained tensors (with LoRA: the adapters and the head), for an adapter-only checkpoint.
+
+    Keys are those of ``module.state_dict()``; the base model's weights are left out, so loading
+    needs the same base model (check ``forgeml.pretrained.identity``).
+    """
+    return {name: parameter.detach() for name, parameter in module.named_parameters() if parameter.requires_grad}
+
+
+def load_adapter_state_dict(module: nn.Module, tensors: dict[str, Tensor]) -> None:
+    """Load what ``adapter_state_dict`` saved into a freshly built module of the same config.
+
+    Raises:
+        CheckpointError: the tensors are not exactly the module's trainable ones (another config).
+    """
+    expected = set(adapter_state_dict(module))
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"the adapter checkpoint does not fit this model: {len(missing)} tensors missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with another model config?"
+        )
+    module.load_state_dict(tensors, strict=False)
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """Trainable / total parameter counts and the base model, for the run's log."""
+    trainable, total = trainable_parameters(module)
+    return {"base": module.resolved.description, "trainable": trainable, "total": total, "adapted": is_adapted(module)}

