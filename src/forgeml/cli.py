@@ -60,13 +60,63 @@ def train(
     overrides: Optional[List[str]] = SetOption,
     resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN", help="Continue this run from its newest complete checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    nproc: int = typer.Option(1, "--nproc", metavar="N", min=1, help="Processes on this machine (one per GPU): runs under torchrun with DDP."),
+    nnodes: int = typer.Option(1, "--nnodes", metavar="N", min=1, help="Machines taking part (each runs the same command)."),
+    node_rank: Optional[int] = typer.Option(
+        None, "--node-rank", metavar="R", min=0, help="This machine's number, 0 to nnodes-1 (fixed ranks; the endpoint is node 0's address)."
+    ),
+    rdzv_endpoint: Optional[str] = typer.Option(
+        None, "--rdzv-endpoint", metavar="HOST:PORT", help="Where the machines meet: a host all of them reach and a free port on it."
+    ),
 ) -> None:
-    """Train a model and write a run directory."""
+    """Train a model and write a run directory.
+
+    train.batch_size is the global batch: with --nproc N (times --nnodes) each process takes an
+    equal share of every batch, so the result does not depend on the number of processes.
+
+    Two machines with 8 GPUs each (run on both; HOST is the first machine's address):
+
+        forgeml train CONFIG --nproc 8 --nnodes 2 --rdzv-endpoint HOST:29500
+
+    Add --node-rank 0 on HOST and --node-rank 1 on the other for fixed machine numbers.
+    """
     from forgeml.training.job import train as run_training
 
     if resume is not None and out is not None and out.resolve() != resume.resolve():
         raise ForgeError("give either --out (a new run) or --resume (an existing run), not both")
+    if nproc > 1 or nnodes > 1:
+        arguments = [str(config)] + (["--out", str(out)] if out is not None else [])
+        arguments += [f"--set={item}" for item in overrides or []]
+        arguments += (["--resume", str(resume)] if resume is not None else []) + (["--overwrite"] if overwrite else [])
+        raise typer.Exit(_torchrun(arguments, config, overrides or [], nproc, nnodes, node_rank, rdzv_endpoint))
     run_training(config, out=out, overrides=overrides or [], resume=resume, overwrite=overwrite, command=["forgeml", *sys.argv[1:]])
+
+
+def _torchrun(
+    arguments: list[str], config: Path, overrides: list[str], nproc: int, nnodes: int, node_rank: Optional[int], endpoint: Optional[str]
+) -> int:
+    """Run ``forgeml train ARGUMENTS`` under torchrun (``python -m torch.distributed.run``); its exit code."""
+    import subprocess
+
+    from forgeml.config import load_config
+    from forgeml.training.job import per_rank_batch_size
+
+    # the user's mistakes, once, before any process starts
+    per_rank_batch_size(load_config(config, overrides).train.batch_size, nproc * nnodes)
+    if nnodes > 1 and endpoint is None:
+        raise ForgeError("--nnodes: training on several machines needs --rdzv-endpoint HOST:PORT (a host all of them reach)")
+    if node_rank is not None and node_rank >= nnodes:
+        raise ForgeError(f"--node-rank: {node_rank} is not below --nnodes {nnodes}")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes == 1 and endpoint is None:
+        launch += ["--standalone"]
+    elif node_rank is not None:  # fixed machine numbers: node 0 hosts the rendezvous at the endpoint
+        host, _, port = endpoint.rpartition(":") if endpoint else ("", "", "")
+        launch += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--master-addr", host, "--master-port", port]
+    else:  # machines are numbered as they arrive
+        launch += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(endpoint), "--rdzv-id", "forgeml"]
+    debug = ["--debug"] if _state["debug"] else []
+    return subprocess.call([*launch, "-m", "forgeml", *debug, "train", *arguments])
 
 
 @app.command()

@@ -22,8 +22,14 @@ class InMemoryBatches:
         shuffle: a new permutation each epoch.
         seed: seeds the shuffling generator.
         drop_last: drop a final batch smaller than ``batch_size``.
-        rank, world_size: this process takes every ``world_size``-th batch-row of the shared
-            permutation, so processes see disjoint data with the same seed.
+        rank, world_size: this process takes every ``world_size``-th row of the shared
+            permutation (all ranks shuffle with the same seed), so processes see disjoint data and
+            batch k of all ranks together is exactly batch k of one process with
+            ``batch_size * world_size``: positions [k*B, (k+1)*B) of the same permutation, B the
+            global batch. ``batch_size`` is per rank. The last ``num_rows % world_size`` rows of
+            each permutation are left out so every rank has as many rows (DDP averages per-rank
+            means: equal shards make that the mean over the global batch, the epoch's final
+            smaller batch included).
     """
 
     def __init__(

@@ -199,25 +199,40 @@ class WindowBatches:
     Args:
         tokens: the token ids (a memmap).
         context: tokens per window.
-        batch_size: windows per batch.
+        batch_size: windows per batch, per rank.
         seed: seeds the window generator.
         device: where batches go.
+        rank, world_size: every rank draws the same starts for the global batch of
+            ``batch_size * world_size`` windows (same seed) and takes its own slice of them, so the
+            ranks together see exactly what one process with the global batch sees.
     """
 
-    def __init__(self, tokens: np.ndarray, context: int, batch_size: int, seed: int = 0, device: torch.device | None = None):
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        context: int,
+        batch_size: int,
+        seed: int = 0,
+        device: torch.device | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(tokens) <= context:
             raise DataError(f"{len(tokens)} tokens are too few for one window of {context}")
         self.tokens = tokens
         self.context = context
         self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return max(1, len(self.tokens) // (self.batch_size * self.context))
+        return max(1, len(self.tokens) // (self.batch_size * self.world_size * self.context))
 
     def epoch(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        starts = torch.randint(0, len(self.tokens) - self.context, (len(self), self.batch_size), generator=self.generator).numpy()
+        global_batch = self.batch_size * self.world_size
+        starts = torch.randint(0, len(self.tokens) - self.context, (len(self), global_batch), generator=self.generator).numpy()
+        starts = starts[:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         offsets = np.arange(self.context + 1)
         for batch in range(start_batch, len(self)):
             windows = torch.from_numpy(self.tokens[starts[batch][:, None] + offsets].astype(np.int64))

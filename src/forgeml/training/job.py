@@ -3,6 +3,10 @@
     config -> run dir (config.yaml) -> rows, split -> features fitted on train (features.json)
                                     or a corpus -> tokenizer.json, tokens/<split>.bin
            -> model -> the loop (history.jsonl, checkpoints/) -> model.safetensors, metrics.json, manifest.json
+
+Under torchrun every process runs this job: each loads the same data with the same seed and takes
+its shard of every batch (``train.batch_size`` is the global batch, split evenly over the processes);
+only rank 0 creates and writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
 from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, WindowBatches, evaluation_windows
 from forgeml.data.dataset import SPLITS, load_dataset
-from forgeml.errors import ConfigError
+from forgeml.errors import ConfigError, RunDirError
 from forgeml.metrics import persistence_scores
 from forgeml.inputs import InputSpec
 from forgeml.registry import MODELS, SOURCES
 from forgeml.run import RunDir
+from forgeml.training import distributed
 from forgeml.training.callbacks import Progress
 from forgeml.training.checkpoint import state_dict_tensors
 from forgeml.training.loop import (
@@ -104,11 +109,47 @@ def train(
     """
     cfg = load_config(config, overrides)
     resolved = config_to_dict(cfg)
-    echo = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
     device = resolve_device(cfg.train.device)
     check_precision(device, cfg.train.precision)
+    process = distributed.init_from_env(device)
+    try:
+        return _train_as(process, config, cfg, resolved, out, resume, overwrite, live_progress, quiet, command)
+    finally:
+        distributed.cleanup()
+
+
+def per_rank_batch_size(batch_size: int | str, world_size: int) -> int | None:
+    """This process's share of the global ``train.batch_size`` (None: the whole split, "full").
+
+    Raises:
+        ConfigError: the global batch does not split evenly over the processes.
+    """
+    if batch_size == "full":
+        return None
+    if int(batch_size) % world_size:
+        raise ConfigError(
+            f"train.batch_size: {batch_size} does not split evenly over {world_size} processes; it is the global batch "
+            f"(examples per optimizer step over all processes), so give a multiple of {world_size}"
+        )
+    return int(batch_size) // world_size
+
+
+def _train_as(
+    process: distributed.DistInfo,
+    config: Any,
+    cfg: Any,
+    resolved: dict[str, Any],
+    out: str | Path | None,
+    resume: str | Path | None,
+    overwrite: bool,
+    live_progress: bool | None,
+    quiet: bool,
+    command: list[str] | None,
+) -> TrainResult:
+    echo = (lambda text: None) if quiet or not process.is_main else (lambda text: print(text, flush=True))
+    per_rank_batch_size(cfg.train.batch_size, process.world_size)  # before anything is written
     resume_files = None
-    if resume is not None:
+    if resume is not None:  # every rank reads the checkpoint itself; nothing here writes
         run = RunDir.open(resume)
         _check_resumable(run.read_yaml("config.yaml"), resolved, run)
         found = run.load_checkpoint(warn=lambda text: echo(f"warning: {text}"))
@@ -117,12 +158,25 @@ def train(
         else:
             name, resume_files = found
             echo(f"resuming {run.path} from checkpoint {name}")
+    elif process.is_main:
+        try:
+            run = RunDir.create(out if out is not None else Path(cfg.output.dir) / cfg.name, overwrite=overwrite)
+        except BaseException:
+            distributed.broadcast_object(None)  # let the other ranks stop too
+            raise
+        distributed.broadcast_object(str(run.path))
     else:
-        run = RunDir.create(out if out is not None else Path(cfg.output.dir) / cfg.name, overwrite=overwrite)
-    run.write_bytes("config.yaml", dump_config(cfg).encode())
+        path = distributed.broadcast_object(None)
+        if path is None:
+            raise RunDirError("rank 0 could not create the run directory (its error says why)")
+        run = RunDir(path)
+    if process.is_main:
+        run.write_bytes("config.yaml", dump_config(cfg).encode())
     try:
-        return _train_in(run, cfg, device, resume_files, echo, live_progress, quiet, command)
+        return _train_in(run, cfg, process, resume_files, echo, live_progress, quiet, command)
     except BaseException:
+        if not process.is_main:  # the run directory is rank 0's to keep or remove
+            raise
         if resume is None and not run.checkpoint_names():
             shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
         elif run.checkpoint_names():
@@ -147,30 +201,35 @@ class Prepared:
     summary: Callable[[dict[str, Any]], str] = lambda metrics: ""
 
 
-def _save_data_state(run: RunDir, state: dict[str, Any], files: dict[str, bytes], resuming: bool) -> None:
-    """Write features.json and its files (tokenizer.json); a resumed run must find them unchanged."""
+def _save_data_state(run: RunDir, state: dict[str, Any], files: dict[str, bytes], resuming: bool, write: bool = True) -> None:
+    """Write features.json and its files (tokenizer.json); a resumed run must find them unchanged.
+    ``write`` False (ranks other than 0): only check."""
     if resuming and (
         run.read_json("features.json") != state or any(not (run / n).is_file() or (run / n).read_bytes() != b for n, b in files.items())
     ):
         raise ConfigError(f"{run.path}: the data or its preprocessing changed since the run started; start a new run")
+    if not write:
+        return
     run.write_json("features.json", state)
     for name, content in files.items():
         run.write_bytes(name, content)
 
 
-def _prepare_rows(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -> Prepared:
-    """Rows, split, features fitted on the training split only; batches of whole tensors in memory."""
+def _prepare_rows(run: RunDir, cfg: Any, process: distributed.DistInfo, resuming: bool) -> Prepared:
+    """Rows, split, features fitted on the training split only; batches of whole tensors in memory
+    (every rank loads all of them and takes its shard of each batch)."""
+    device = process.device
     dataset = load_dataset(cfg.data, cfg.seed)
     features = dataset.features
     tables = {name: dataset.split(name) for name in SPLITS}
     features.fit(tables["train"])
     state = features.to_state() | {"splits": dataset.split_summary(), "skipped_rows": dataset.skipped}
-    _save_data_state(run, state, features.files(), resuming)
+    _save_data_state(run, state, features.files(), resuming, write=process.is_main)
     tensors = {
         name: (features.transform_inputs(table), features.transform_target(table)) for name, table in tables.items() if len(table)
     }
     train_x, train_y = (t.to(device) for t in tensors["train"])
-    batch_size = None if cfg.train.batch_size == "full" else int(cfg.train.batch_size)
+    batch_size = per_rank_batch_size(cfg.train.batch_size, process.world_size)
     decode = features.decode_regression if features.task == "regression" else None
 
     def final_metrics(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
@@ -194,7 +253,9 @@ def _prepare_rows(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -
         task=features.task,
         inputs=features.input_spec,
         num_outputs=features.num_outputs,
-        batches=InMemoryBatches((train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed),
+        batches=InMemoryBatches(
+            (train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed, rank=process.rank, world_size=process.world_size
+        ),
         validation=tuple(t.to(device) for t in tensors["validation"]) if "validation" in tensors else None,  # type: ignore[arg-type]
         description=dataset.description,
         sizes=", ".join(f"{n} {len(t):,}" for n, t in tables.items()) + " rows",
@@ -205,22 +266,28 @@ def _prepare_rows(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -
     )
 
 
-def _prepare_corpus(run: RunDir, cfg: Any, device: torch.device, resuming: bool) -> Prepared:
-    """A text corpus tokenized into token files in the run; random windows of them for training."""
+def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resuming: bool) -> Prepared:
+    """A text corpus tokenized into token files in the run; random windows of them for training.
+    Rank 0 tokenizes; the other ranks wait for it and read its token files."""
+    device = process.device
     context = getattr(cfg.model, "context", None)
     if context is None:
         raise ConfigError(f"data.corpus (language modelling) needs a model that predicts next tokens: model.type gpt, not {cfg.model.type}")
     if cfg.train.batch_size == "full":
         raise ConfigError("train.batch_size: 'full' does not apply to language modelling; give windows per batch, e.g. 32")
     source = SOURCES.build(cfg.data.source)
-    corpus = Corpus(cfg.data.corpus, context)
-    # tokens go to a scratch folder first: a resumed run whose text changed must keep its own files
-    scratch = run / ".tokens.tmp"
-    shutil.rmtree(scratch, ignore_errors=True)
-    corpus.build(source.table, cfg.data.split, cfg.seed, scratch)
-    _save_data_state(run, corpus.to_state(), corpus.files(), resuming)
-    shutil.rmtree(run / TOKENS_DIR, ignore_errors=True)
-    scratch.replace(run / TOKENS_DIR)
+    if process.is_main:
+        corpus = Corpus(cfg.data.corpus, context)
+        # tokens go to a scratch folder first: a resumed run whose text changed must keep its own files
+        scratch = run / ".tokens.tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        corpus.build(source.table, cfg.data.split, cfg.seed, scratch)
+        _save_data_state(run, corpus.to_state(), corpus.files(), resuming)
+        shutil.rmtree(run / TOKENS_DIR, ignore_errors=True)
+        scratch.replace(run / TOKENS_DIR)
+    distributed.barrier()  # rank 0's token files are complete
+    if not process.is_main:
+        corpus = Corpus.from_state(run.read_json("features.json"), lambda name: (run / name).read_bytes())
     tokens = {name: corpus.tokens(run / TOKENS_DIR, name) for name in SPLITS}
     windows = {name: evaluation_windows(t, context, EVALUATION_WINDOWS) for name, t in tokens.items()}
     windows = {name: w for name, w in windows.items() if len(w[0])}
@@ -235,7 +302,15 @@ def _prepare_corpus(run: RunDir, cfg: Any, device: torch.device, resuming: bool)
         task=LANGUAGE_MODELLING,
         inputs=corpus.input_spec,
         num_outputs=corpus.num_outputs,
-        batches=WindowBatches(tokens["train"], context, int(cfg.train.batch_size), seed=cfg.seed, device=device),
+        batches=WindowBatches(
+            tokens["train"],
+            context,
+            per_rank_batch_size(cfg.train.batch_size, process.world_size) or 1,
+            seed=cfg.seed,
+            device=device,
+            rank=process.rank,
+            world_size=process.world_size,
+        ),
         validation=tuple(t.to(device) for t in windows["validation"]) if "validation" in windows else None,  # type: ignore[arg-type]
         description=f"{source.description} as a {cfg.data.corpus.tokenizer} corpus (vocabulary {corpus.vocab_size:,})",
         sizes=", ".join(f"{n} {len(t):,}" for n, t in tokens.items()) + " tokens",
@@ -247,7 +322,7 @@ def _prepare_corpus(run: RunDir, cfg: Any, device: torch.device, resuming: bool)
 def _train_in(
     run: RunDir,
     cfg: Any,
-    device: torch.device,
+    process: distributed.DistInfo,
     resume_files: dict[str, bytes] | None,
     echo: Any,
     live_progress: bool | None,
@@ -257,25 +332,31 @@ def _train_in(
 
     # -- data: rows and features fitted on the training split, or a tokenized corpus
     prepare = _prepare_corpus if cfg.data.corpus is not None else _prepare_rows
-    data = prepare(run, cfg, device, resume_files is not None)
+    data = prepare(run, cfg, process, resume_files is not None)
+    device, main = process.device, process.is_main
 
     # -- model
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     model = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=data.num_outputs).to(device)
     parameters = sum(p.numel() for p in model.parameters())
+    if process.distributed:  # but not the same dropout masks: each rank draws its own
+        torch.manual_seed(cfg.seed + process.rank)
     # training batches only; a data.augment item that does not fit the inputs stops here, before any step
-    augment = Augmenter(cfg.data.augment, data.inputs, data.num_outputs, data.task, cfg.seed, device) if cfg.data.augment else None
+    augment = (
+        Augmenter(cfg.data.augment, data.inputs, data.num_outputs, data.task, cfg.seed + process.rank, device) if cfg.data.augment else None
+    )
 
-    echo(f"training {cfg.model.type} ({parameters:,} parameters) on {data.description}: {data.sizes}; device {device}; run {run.path}")
-    if resume_files is None:
+    processes = f" x {process.world_size} processes" if process.distributed else ""
+    echo(f"training {cfg.model.type} ({parameters:,} parameters) on {data.description}: {data.sizes}; device {device}{processes}; run {run.path}")
+    if resume_files is None and main:
         (run / "history.jsonl").unlink(missing_ok=True)
-    progress = None if quiet else Progress(live=live_progress)
+    progress = None if quiet or not main else Progress(live=live_progress)
     started = time.perf_counter()
 
     def save_checkpoint(files: dict[str, bytes], step: int) -> None:
         run.save_checkpoint(step, files, keep=cfg.train.keep_checkpoints)
 
-    if resume_files is not None:  # history after the checkpoint is about to be re-done
+    if resume_files is not None and main:  # history after the checkpoint is about to be re-done
         run.truncate_history(json.loads(resume_files["state.json"])["step"])
     result = fit(
         model,
@@ -286,12 +367,15 @@ def _train_in(
         device=device,
         validation=data.validation,
         decode_target=data.decode,
-        save_checkpoint=save_checkpoint,
+        save_checkpoint=save_checkpoint if main else None,
         resume_files=resume_files,
-        log=run.append_history,
+        log=run.append_history if main else None,
         progress=progress,
         augment=augment,
     )
+
+    if not main:  # rank 0 writes the run; wait for it so every rank returns its metrics
+        return TrainResult(run.path, distributed.broadcast_object(None))
 
     # -- final weights and metrics on every split
     run.write_bytes("model.safetensors", save_tensors(state_dict_tensors(model)))
@@ -311,6 +395,7 @@ def _train_in(
             "seconds": round(result.state.train_seconds, 3),
             "parameters": parameters,
             "device": str(device),
+            "processes": process.world_size,
             "skipped_rows": data.skipped_rows,
         },
         "environment": {
@@ -327,4 +412,4 @@ def _train_in(
     elapsed = time.perf_counter() - started
     split_name = next(name for name in ("test", "validation", "train") if name in metrics)
     echo(f"done in {elapsed:.1f}s: {split_name} {data.summary(metrics[split_name])}; run directory {run.path}")
-    return TrainResult(run.path, summary)
+    return TrainResult(run.path, distributed.broadcast_object(summary))

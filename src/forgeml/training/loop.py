@@ -8,6 +8,14 @@
 
 Everything random (dropout, shuffling, augmentation) draws from seeded generators whose state goes
 into each checkpoint, so a run resumed from a checkpoint continues bit for bit as if it had never stopped.
+
+Under torchrun (see ``training.distributed``) the same loop runs in every process: the model is
+wrapped in DDP, which averages gradients over ranks once per optimizer step (the other micro-batches
+of an accumulation run under ``no_sync``); each rank's batches are its shard of the same global
+batch, so the averaged gradient is the gradient of the global batch. Every rank evaluates the same
+validation data with the same weights and rank 0's numbers decide, so all ranks stop together. The
+logged training loss is the mean over ranks. Only rank 0 gets ``log``, ``progress`` and
+``save_checkpoint``; the checkpoint holds every rank's RNG states (``torch_rank1``, ...).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
 from forgeml.errors import ConfigError
 from forgeml.metrics import lower_is_better, score
-from forgeml.training import checkpoint
+from forgeml.training import checkpoint, distributed
 from forgeml.training.callbacks import Progress
 from forgeml.training.optim import build_optimizer, lr_at
 
@@ -219,6 +227,7 @@ def fit(
         if cfg.monitor not in known:
             raise ConfigError(f"train.monitor: {cfg.monitor!r} is not one of: loss, {', '.join(known)}")
     set_deterministic(cfg.deterministic)
+    rank, world = distributed.rank(), distributed.world_size()
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
@@ -239,14 +248,24 @@ def fit(
         scaler.load_state_dict(resumed.state.pop("scaler", {}) or scaler.state_dict())
         state = LoopState(**resumed.state)
         best_weights = resumed.best
-        torch.set_rng_state(resumed.rng["torch"])
-        if device.type == "cuda" and "cuda" in resumed.rng:
-            torch.cuda.set_rng_state(resumed.rng["cuda"], device)
-        if augment is not None and "augment" in resumed.rng:
-            augment.set_state(resumed.rng["augment"])
+        suffix = f"_rank{rank}" if rank > 0 else ""
+        if "torch" + suffix in resumed.rng:
+            torch.set_rng_state(resumed.rng["torch" + suffix])
+        else:  # written by fewer processes: this rank continues correctly, but not bit for bit
+            torch.manual_seed(state.step * 1_000_003 + rank)
+        if device.type == "cuda" and "cuda" + suffix in resumed.rng:
+            torch.cuda.set_rng_state(resumed.rng["cuda" + suffix], device)
+        if augment is not None and "augment" + suffix in resumed.rng:
+            augment.set_state(resumed.rng["augment" + suffix])
         # mid-epoch: replay the epoch's permutation from the generator state at its start
         epoch_start_rng = resumed.rng["epoch_start"]
         batches.generator.set_state(epoch_start_rng if state.batch_in_epoch > 0 else resumed.rng["shuffle"])
+
+    # DDP after loading: it broadcasts rank 0's weights at construction, and evaluation and
+    # checkpoints keep using the plain `model` (no "module." prefixes, no collectives)
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def evaluate() -> dict[str, Any]:
         assert validation is not None
@@ -256,15 +275,22 @@ def fit(
         return task_metrics(outputs, validation[1].cpu(), task, num_outputs, decode_target)
 
     def make_checkpoint() -> None:
+        # every rank's dropout and augmentation generators differ: gather them all (a collective,
+        # so every rank gets here), rank 0 writes
+        own = {"torch": torch.get_rng_state()}
+        if device.type == "cuda":
+            own["cuda"] = torch.cuda.get_rng_state(device)
+        if augment is not None:
+            own["augment"] = augment.get_state()
+        per_rank = distributed.all_gather_object(own)
+        loss_since_log = distributed.all_reduce_mean(running_loss).item()
         if save_checkpoint is None:
             return
-        rng = {"torch": torch.get_rng_state(), "shuffle": batches.generator.get_state(), "epoch_start": epoch_start_rng}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        if augment is not None:
-            rng["augment"] = augment.get_state()
+        rng = {"shuffle": batches.generator.get_state(), "epoch_start": epoch_start_rng} | per_rank[0]
+        for other, states in enumerate(per_rank[1:], start=1):
+            rng |= {f"{name}_rank{other}": value.cpu() for name, value in states.items()}
         state.train_seconds = seconds_before + time.perf_counter() - wall_start
-        state.loss_since_log = running_loss.item()
+        state.loss_since_log = loss_since_log
         saved = asdict(state) | {"scaler": scaler.state_dict() if scaler.is_enabled() else None}
         save_checkpoint(checkpoint.pack(model, optimizer, rng, best_weights, saved), state.step)
 
@@ -291,18 +317,21 @@ def fit(
             lr = lr_at(state.step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for inputs, targets in micro:
+            for index, (inputs, targets) in enumerate(micro):
                 if augment is not None:
                     inputs, targets = augment(inputs, targets)
-                with autocast(device, cfg.precision):
-                    outputs = model(inputs)
-                loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
-                if len(micro) > 1:  # a mean over the accumulated micro-batches
-                    loss = loss / len(micro)
-                scaler.scale(loss).backward()
+                # DDP: all-reduce the gradients once, after the last micro-batch's backward
+                last = index == len(micro) - 1
+                with train_model.no_sync() if world > 1 and not last else nullcontext():  # type: ignore[operator]
+                    with autocast(device, cfg.precision):
+                        outputs = train_model(inputs)
+                    loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
+                    if len(micro) > 1:  # a mean over the accumulated micro-batches
+                        loss = loss / len(micro)
+                    scaler.scale(loss).backward()
                 running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
-                state.samples_since_log += inputs.shape[0]
-                state.samples += inputs.shape[0]
+                state.samples_since_log += inputs.shape[0] * world
+                state.samples += inputs.shape[0] * world
             if cfg.grad_clip is not None:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -320,7 +349,8 @@ def fit(
             # -- log the training loss
             if state.step % cfg.log_every == 0 or final:
                 now = time.perf_counter()
-                mean_loss = running_loss.item() / state.steps_since_log  # the one sync point per log interval
+                # the one sync point per log interval (and the one all-reduce: the mean over ranks)
+                mean_loss = distributed.all_reduce_mean(running_loss).item() / state.steps_since_log
                 rate = state.samples_since_log / max(now - last_log_time, 1e-9)
                 if log is not None:
                     log({"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate})
@@ -334,7 +364,9 @@ def fit(
             pause_start = time.perf_counter()
             due = (state.step % cfg.eval_every == 0) if cfg.eval_every else epoch_done
             if validation is not None and (due or final):
-                validation_metrics = evaluate()
+                # rank 0 evaluates (the weights are the same everywhere) and its numbers decide for
+                # every rank, so early stopping and the best weights stay in lockstep
+                validation_metrics = distributed.broadcast_object(evaluate() if rank == 0 else None)
                 value = validation_metrics[cfg.monitor]
                 shown = {"classification": "accuracy", LANGUAGE_MODELLING: "perplexity"}.get(task, "mse")
                 summary = f"{cfg.monitor} {value:.4f}" + (f"  {shown} {validation_metrics[shown]:.4f}" if shown != cfg.monitor else "")
