@@ -24,6 +24,7 @@ from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.models.generation import generate
 from forgeml.models.hf import is_adapted, merge
+from forgeml.pretrained import BASE_MODEL, identity
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.training.loop import LANGUAGE_MODELLING, batched_outputs, resolve_device
@@ -259,6 +260,11 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
         model.load_state_dict(load_file(run / "model.safetensors"))
     except (RuntimeError, OSError) as exc:
         raise RunDirError(f"{run / 'model.safetensors'}: does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
+    resolved = getattr(model, "resolved", None)
+    if resolved is not None and (run / BASE_MODEL).is_file() and identity(resolved) != run.read_json(BASE_MODEL):
+        raise RunDirError(
+            f"{run / BASE_MODEL}: the pretrained model found now ({resolved.description}) is not the one this run was trained from"
+        )
     if is_adapted(model):  # a LoRA run: later stages (export, serve) see one ordinary model
         model = merge(model)
     return Predictor(run, config, features, model.to(torch_device), torch_device)

@@ -133,6 +133,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+BASE_MODEL = "base_model.json"  # a run's record of its pretrained base model (``identity``)
+
+
 def identity(resolved: ResolvedModel) -> dict[str, Any]:
     """What a run records about its base model, enough to tell later whether the same one is loaded.
 

@@ -31,6 +31,7 @@ from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError, RunDirError
 from forgeml.metrics import persistence_scores
 from forgeml.inputs import InputSpec
+from forgeml.pretrained import BASE_MODEL, identity
 from forgeml.registry import MODELS, SOURCES
 from forgeml.run import RunDir
 from forgeml.training import distributed
@@ -339,6 +340,13 @@ def _train_in(
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=data.num_outputs).to(device)
     parameters = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # fewer when frozen or LoRA
+    resolved = getattr(model, "resolved", None)
+    if resolved is not None and main:  # a pretrained base model: record which one, down to its weights' sha256
+        base = identity(resolved)
+        if resume_files is not None and (run / BASE_MODEL).is_file() and run.read_json(BASE_MODEL) != base:
+            raise ConfigError(f"{run.path}: the pretrained base model is not the one the run started from ({run / BASE_MODEL})")
+        run.write_json(BASE_MODEL, base)
     if process.distributed:  # but not the same dropout masks: each rank draws its own
         torch.manual_seed(cfg.seed + process.rank)
     # training batches only; a data.augment item that does not fit the inputs stops here, before any step
@@ -347,7 +355,8 @@ def _train_in(
     )
 
     processes = f" x {process.world_size} processes" if process.distributed else ""
-    echo(f"training {cfg.model.type} ({parameters:,} parameters) on {data.description}: {data.sizes}; device {device}{processes}; run {run.path}")
+    size = f"{parameters:,} parameters" if trainable == parameters else f"{trainable:,} of {parameters:,} parameters trainable"
+    echo(f"training {cfg.model.type} ({size}) on {data.description}: {data.sizes}; device {device}{processes}; run {run.path}")
     if resume_files is None and main:
         (run / "history.jsonl").unlink(missing_ok=True)
     progress = None if quiet or not main else Progress(live=live_progress)
@@ -394,6 +403,7 @@ def _train_in(
             "stopped_early": result.state.stopped_early,
             "seconds": round(result.state.train_seconds, 3),
             "parameters": parameters,
+            "trainable_parameters": trainable,
             "device": str(device),
             "processes": process.world_size,
             "skipped_rows": data.skipped_rows,
