@@ -133,6 +133,8 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp32; bf16 autocast; fp16 autocast with a GradScaler (CUDA only).")
     deterministic: bool = Field(False, description="Use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway).")
+    compile: bool = Field(False, description="torch.compile the model for training steps: faster on GPUs once compiled; the first steps wait for the compiler.")
+    tf32: bool = Field(True, description="CUDA: let fp32 matrix multiplies use TensorFloat-32 (much faster on Ampere and later, ~3 digits of mantissa).")
     eval_batch_size: int = Field(512, ge=1, description="Batch size for evaluation and prediction.")
 
     @field_validator("device")

@@ -76,6 +76,8 @@ def test_the_run_keeps_its_token_files_and_scores_perplexity(lm: dict[str, Any])
     assert test["perplexity"] < 2.0  # the text repeats: the model all but knows the next character
     history = read_history(run)
     assert any(record["split"] == "validation" and "perplexity" in record for record in history)
+    for record in (r for r in history if r["split"] == "train"):  # windows of 24 tokens
+        assert record["tokens_per_s"] == pytest.approx(record["examples_per_s"] * 24) and "mfu" not in record  # no GPU peak on a CPU
     assert "perplexity" in lm["train_full"].stdout
 
 

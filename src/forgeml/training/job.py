@@ -31,6 +31,7 @@ from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError, RunDirError
 from forgeml.metrics import persistence_scores
 from forgeml.inputs import InputSpec
+from forgeml.models.gpt import GPTConfig, flops_per_token, num_parameters
 from forgeml.pretrained import BASE_MODEL, identity
 from forgeml.registry import MODELS, SOURCES
 from forgeml.run import RunDir
@@ -320,6 +321,32 @@ def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resumi
     )
 
 
+# dense bf16 peaks (FLOP/s) of the GPUs an MFU is reported against; other devices get tokens/s only
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+
+
+def _throughput_log(
+    append: Callable[[dict[str, Any]], None], model: torch.nn.Module, model_cfg: Any, device: torch.device
+) -> Callable[[dict[str, Any]], None]:
+    """For a GPT, add tokens/s to each training log record and, on a GPU whose peak is known, the
+    model FLOPs utilisation: tokens/s x FLOPs per token (6N + 12·L·H·Q·T) / peak."""
+    if not isinstance(model_cfg, GPTConfig):
+        return append
+    context = model_cfg.context
+    per_token = flops_per_token(model_cfg, num_parameters(model), context)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    peak = next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+    def log(record: dict[str, Any]) -> None:
+        if "examples_per_s" in record:
+            record["tokens_per_s"] = record["examples_per_s"] * context
+            if peak is not None:
+                record["mfu"] = record["tokens_per_s"] * per_token / peak
+        append(record)
+
+    return log
+
+
 def _train_in(
     run: RunDir,
     cfg: Any,
@@ -378,7 +405,7 @@ def _train_in(
         decode_target=data.decode,
         save_checkpoint=save_checkpoint if main else None,
         resume_files=resume_files,
-        log=run.append_history if main else None,
+        log=_throughput_log(run.append_history, model, cfg.model, device) if main else None,
         progress=progress,
         augment=augment,
     )

@@ -266,6 +266,11 @@ def fit(
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # the compiled module shares the weights; only training steps go through it
+    forward = torch.compile(train_model) if cfg.compile else train_model
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
 
     def evaluate() -> dict[str, Any]:
         assert validation is not None
@@ -324,7 +329,7 @@ def fit(
                 last = index == len(micro) - 1
                 with train_model.no_sync() if world > 1 and not last else nullcontext():  # type: ignore[operator]
                     with autocast(device, cfg.precision):
-                        outputs = train_model(inputs)
+                        outputs = forward(inputs)
                     loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
                     if len(micro) > 1:  # a mean over the accumulated micro-batches
                         loss = loss / len(micro)
