@@ -283,8 +283,12 @@ def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resumi
         # tokens go to a scratch folder first: a resumed run whose text changed must keep its own files
         scratch = run / ".tokens.tmp"
         shutil.rmtree(scratch, ignore_errors=True)
-        corpus.build(source.table, cfg.data.split, cfg.seed, scratch)
-        _save_data_state(run, corpus.to_state(), corpus.files(), resuming)
+        try:
+            corpus.build(source.table, cfg.data.split, cfg.seed, scratch)
+            _save_data_state(run, corpus.to_state(), corpus.files(), resuming)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         shutil.rmtree(run / TOKENS_DIR, ignore_errors=True)
         scratch.replace(run / TOKENS_DIR)
     distributed.barrier()  # rank 0's token files are complete
