@@ -28,6 +28,7 @@ from forgeml.config import TrainConfig
 from forgeml.data.corpus import WindowBatches
 from forgeml.inputs import InputSpec
 from forgeml.models.gpt import GPTConfig, build_gpt, flops_per_token, num_parameters
+from forgeml.training.job import known_peak_flops
 from forgeml.training.loop import LANGUAGE_MODELLING, autocast, fit
 
 SIZES = {
@@ -35,15 +36,12 @@ SIZES = {
     "small": dict(layers=4, heads=4, dim=256, context=256, vocab=8192, batch=8),
     "tiny": dict(layers=2, heads=2, dim=64, context=64, vocab=1024, batch=8),
 }
-KNOWN_PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s
 
 
 def device_peak(device: torch.device, precision: str) -> tuple[float, str]:
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in KNOWN_PEAKS.items():
-            if key in name:
-                return peak, f"{name} dense bf16 peak"
+    peak = known_peak_flops(device)
+    if peak is not None:
+        return peak, f"{torch.cuda.get_device_name(device)} dense bf16 peak"
     # no published figure to hand: the best rate of a large matmul measured now
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(1024, 1024, device=device, dtype=dtype)

@@ -329,6 +329,12 @@ def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resumi
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
+def known_peak_flops(device: torch.device) -> float | None:
+    """The published dense bf16 peak of ``device`` (a GPU in PEAK_FLOPS), else None."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
 def _throughput_log(
     append: Callable[[dict[str, Any]], None], model: torch.nn.Module, model_cfg: Any, device: torch.device
 ) -> Callable[[dict[str, Any]], None]:
@@ -338,8 +344,7 @@ def _throughput_log(
         return append
     context = model_cfg.context
     per_token = flops_per_token(model_cfg, num_parameters(model), context)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    peak = next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+    peak = known_peak_flops(device)
 
     def log(record: dict[str, Any]) -> None:
         if "examples_per_s" in record:
