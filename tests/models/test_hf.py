@@ -19,7 +19,8 @@ LENGTH = 16
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 MINILM = InputSpec("tokens", (LENGTH,), vocab_size=30522, pad_id=0)
-HIDDEN, LAYERS, PARAMETERS = 384, 6, 22_713_986  # MiniLM-L6-H384 with a 2-logit head
+HIDDEN, LAYERS, PARAMETERS = 384, 6, 22_713_986  # MiniLM-L6-H384 with BERT's own 2-logit head (pooling: head)
+POOLER = HIDDEN * HIDDEN + HIDDEN  # BERT's [CLS] pooler, dropped with pooling: mean (the default for MiniLM)
 # 16 sentences tokenized by MiniLM's tokenizer, the even ones positive; built once from text below
 TEXTS = [
     "a wonderful film", "a dreadful film", "great acting and a great plot", "awful acting and a dull plot",
@@ -112,10 +113,23 @@ def test_identity_records_the_weights_sha256():
 
 def test_classification_and_regression_shapes(batch):
     ids, _ = batch
-    assert build().eval()(ids[:3]).shape == (3, 2)
-    regressor = build(num_outputs=1)
-    assert regressor.eval()(ids[:3]).shape == (3, 1)
-    assert regressor.network.config.problem_type == "regression"
+    for pooling in ("mean", "head"):
+        assert build(pooling=pooling).eval()(ids[:3]).shape == (3, 2)
+        assert build(num_outputs=1, pooling=pooling).eval()(ids[:3]).shape == (3, 1)
+    assert build(num_outputs=1, pooling="head").network.config.problem_type == "regression"
+
+
+def test_auto_pooling_follows_how_the_model_was_trained(batch):
+    # all-MiniLM-L6-v2 is a sentence-transformers model trained on the mean of its token states
+    ids, _ = batch
+    model = build().eval()
+    assert type(model.network).__name__ == "BertModel" and model.network.pooler is None
+    with torch.no_grad():
+        mask = (ids[:3] != 0).long()
+        hidden = model.network(input_ids=ids[:3], attention_mask=mask).last_hidden_state
+        mean = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        torch.testing.assert_close(model(ids[:3]), model.head(mean))
+    assert type(build(pooling="head").network).__name__ == "BertForSequenceClassification"
 
 
 def test_padding_never_changes_the_output(batch, lora_model):
@@ -127,12 +141,17 @@ def test_padding_never_changes_the_output(batch, lora_model):
 
 
 def test_freeze_encoder_trains_only_the_head():
-    assert trainable_parameters(build(freeze="encoder")) == (HIDDEN * 2 + 2, PARAMETERS)
-    assert trainable_parameters(build()) == (PARAMETERS, PARAMETERS)
+    assert trainable_parameters(build(freeze="encoder")) == (HIDDEN * 2 + 2, PARAMETERS - POOLER)
+    assert trainable_parameters(build(freeze="encoder", pooling="head")) == (HIDDEN * 2 + 2, PARAMETERS)
+    assert trainable_parameters(build()) == (PARAMETERS - POOLER, PARAMETERS - POOLER)
 
 
 def test_freeze_layers_fixes_the_embeddings_and_the_first_layers():
-    model = build(freeze="layers", freeze_layers=2)
+    mean_pooled = build(freeze="layers", freeze_layers=2)
+    encoder = mean_pooled.network
+    frozen = sum(p.numel() for module in (encoder.embeddings, *encoder.encoder.layer[:2]) for p in module.parameters())
+    assert trainable_parameters(mean_pooled) == (PARAMETERS - POOLER - frozen, PARAMETERS - POOLER)
+    model = build(freeze="layers", freeze_layers=2, pooling="head")
     bert = model.network.bert
     frozen = sum(p.numel() for module in (bert.embeddings, *bert.encoder.layer[:2]) for p in module.parameters())
     assert trainable_parameters(model) == (PARAMETERS - frozen, PARAMETERS)
@@ -165,10 +184,10 @@ def test_lora_trains_a_small_fraction_and_merges_into_an_ordinary_model(batch, l
     assert after < before
 
     saved = adapter_state_dict(lora_model)
-    assert len(saved) == 26 and all("lora_" in name or ".classifier." in name for name in saved)
+    assert len(saved) == 26 and all("lora_" in name or name.startswith("head.") for name in saved)
 
     merged = merge(lora_model)
-    assert type(merged.network).__name__ == "BertForSequenceClassification"  # no peft left
+    assert type(merged.network).__name__ == "BertModel"  # no peft left
     with torch.no_grad():
         torch.testing.assert_close(merged.eval()(ids), lora_model.eval()(ids), atol=1e-5, rtol=1e-4)
         # its keys are those of the same model without the adapter: later stages load it as plain hf
@@ -187,3 +206,17 @@ def test_full_fine_tuning_reduces_the_loss(batch):
     ids, labels = batch
     before, after = train_steps(build(), ids, labels, steps=2, lr=5e-5)
     assert after < before
+
+
+def test_lora_on_transformers_own_head_merges_too(batch):
+    ids, _ = batch
+    model = build(adapter={"type": "lora"}, pooling="head")
+    with torch.no_grad():  # a non-zero B, so the adapters change the output and merging has work to do
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.02)
+    merged = merge(model)
+    assert type(merged.network).__name__ == "BertForSequenceClassification"
+    with torch.no_grad():
+        torch.testing.assert_close(merged.eval()(ids), model.eval()(ids), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(merged(ids), build(pooling="head").eval()(ids))

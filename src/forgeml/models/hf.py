@@ -15,6 +15,7 @@ into the base weights, giving the ordinary model later stages (export, serve) ex
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from typing import Any, Literal, Optional
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from forgeml.config import Section
 from forgeml.errors import CheckpointError, ConfigError
 from forgeml.inputs import InputSpec
-from forgeml.models.layers import padding_mask, require_input_kind
+from forgeml.models.layers import masked_mean, padding_mask, require_input_kind
 from forgeml.pretrained import ResolvedModel, load_tokenizer, quiet_transformers, resolve
 from forgeml.registry import MODELS
 
@@ -56,21 +57,44 @@ class HFConfig(Section):
         description="none: train everything; encoder: train only the new head; layers: freeze the embeddings and the first freeze_layers layers.",
     )
     freeze_layers: int = Field(0, ge=0, description="freeze: layers: how many of the first transformer layers stay fixed.")
+    pooling: Literal["auto", "head", "mean"] = Field(
+        "auto",
+        description="head: transformers' own classification head (BERT: the [CLS] pooler); mean: a linear head on the mean of the "
+        "last hidden states; auto: mean for sentence-transformers models trained with mean pooling (all-MiniLM-L6-v2), else head.",
+    )
     adapter: Optional[LoRAConfig] = Field(None, description="Train low-rank adapters (and the head) instead of the pretrained weights.")
 
 
 class PretrainedClassifier(nn.Module):
-    """Token ids in, logits out: wraps the transformers (or peft) network and makes its attention mask."""
+    """Token ids in, logits out: wraps the transformers (or peft) network and makes its attention mask.
 
-    def __init__(self, network: nn.Module, pad_id: int, resolved: ResolvedModel):
+    Without ``head`` the network is a sequence-classification model and its logits are the output;
+    with one, the network is a bare encoder and ``head`` reads the mean of its last hidden states
+    over the real (non-padding) tokens.
+    """
+
+    def __init__(self, network: nn.Module, pad_id: int, resolved: ResolvedModel, head: Optional[nn.Module] = None):
         super().__init__()
         self.network = network
+        self.head = head
         self.pad_id = pad_id
         self.resolved = resolved  # which base model this is: for forgeml.pretrained.identity
 
     def forward(self, ids: Tensor) -> Tensor:
-        attention_mask = padding_mask(ids, self.pad_id).long()
-        return self.network(input_ids=ids, attention_mask=attention_mask).logits
+        mask = padding_mask(ids, self.pad_id)
+        outputs = self.network(input_ids=ids, attention_mask=mask.long())
+        if self.head is None:
+            return outputs.logits
+        return self.head(masked_mean(outputs.last_hidden_state, mask))
+
+
+def _mean_pooled_by_training(resolved: ResolvedModel) -> bool:
+    """Whether the model directory is a sentence-transformers model whose embedding is the token mean."""
+    pooling = resolved.local_dir / "1_Pooling" / "config.json"
+    try:
+        return bool(json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _layer_list(backbone: nn.Module, layers: int) -> tuple[str, nn.ModuleList]:
@@ -101,11 +125,12 @@ def _freeze(network: nn.Module, cfg: HFConfig) -> None:
             parameter.requires_grad_(False)
 
 
-def _with_lora(network: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
+def _with_lora(network: nn.Module, cfg: LoRAConfig, task: str) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
 
-    # SEQ_CLS keeps the new head trainable (peft wraps it as a module to save)
-    lora = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
+    # SEQ_CLS keeps transformers' new head trainable (peft wraps it as a module to save); a forgeml head
+    # sits outside the peft model (FEATURE_EXTRACTION) and trains as any module does
+    lora = LoraConfig(task_type=task, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
     try:
         with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: nothing a user can act on
             warnings.simplefilter("ignore", FutureWarning)
@@ -122,7 +147,7 @@ def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module
         ConfigError: the inputs are not token ids from this model's tokenizer, are longer than the
             model takes, or the freeze / adapter options do not fit the model.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     require_input_kind("hf", inputs, ("tokens",))
     resolved = resolve(cfg.pretrained)
@@ -134,11 +159,24 @@ def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module
         )
     if cfg.adapter is not None and cfg.freeze != "none":
         raise ConfigError("model.freeze: with an adapter the pretrained weights are frozen already; leave freeze: none")
+    pooling = cfg.pooling if cfg.pooling != "auto" else ("mean" if _mean_pooled_by_training(resolved) else "head")
     problem = "regression" if num_outputs == 1 else "single_label_classification"
+    head: Optional[nn.Module] = None
     with quiet_transformers():
-        network = AutoModelForSequenceClassification.from_pretrained(
-            str(resolved.local_dir), num_labels=num_outputs, problem_type=problem, dtype=torch.float32
-        )
+        if pooling == "head":
+            network = AutoModelForSequenceClassification.from_pretrained(
+                str(resolved.local_dir), num_labels=num_outputs, problem_type=problem, dtype=torch.float32
+            )
+        else:
+            network = AutoModel.from_pretrained(str(resolved.local_dir), dtype=torch.float32)
+    if pooling == "mean":
+        if isinstance(getattr(network, "pooler", None), nn.Module):  # BERT's [CLS] pooler: unused here (forward skips a None one)
+            network.pooler = None
+        hidden = int(network.config.hidden_size)
+        dropout = getattr(network.config, "classifier_dropout", None) or getattr(network.config, "hidden_dropout_prob", 0.1)
+        head = nn.Sequential(nn.Dropout(float(dropout)), nn.Linear(hidden, num_outputs))
+        nn.init.normal_(head[1].weight, std=float(getattr(network.config, "initializer_range", 0.02)))
+        nn.init.zeros_(head[1].bias)
     positions = getattr(network.config, "max_position_embeddings", None)
     if positions is not None and inputs.shape[0] > positions:
         raise ConfigError(f"the inputs ({inputs.describe()}) are longer than {resolved.path_or_id} takes ({positions}); set the text feature's max_length")
@@ -147,8 +185,8 @@ def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module
     if cfg.freeze != "none":
         _freeze(network, cfg)
     if cfg.adapter is not None:
-        network = _with_lora(network, cfg.adapter)
-    return PretrainedClassifier(network, inputs.pad_id, resolved)
+        network = _with_lora(network, cfg.adapter, "SEQ_CLS" if head is None else "FEATURE_EXTRACTION")
+    return PretrainedClassifier(network, inputs.pad_id, resolved, head)
 
 
 def trainable_parameters(module: nn.Module) -> tuple[int, int]:
@@ -178,7 +216,7 @@ def merge(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         merged_network = copy.deepcopy(module.network).merge_and_unload()
-    merged = PretrainedClassifier(merged_network, module.pad_id, module.resolved)
+    merged = PretrainedClassifier(merged_network, module.pad_id, module.resolved, copy.deepcopy(module.head))
     merged.requires_grad_(True)  # an ordinary model again: nothing frozen by the adapter remains
     return merged.train(module.training)
 
