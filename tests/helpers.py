@@ -61,3 +61,33 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env=full_env,
     )
+
+
+TINY_LM_TEXT = "the cat sat on the mat. the dog lay on the rug. a bird sang in the tree.\n"
+
+
+def make_tiny_causal_lm(directory: Path, context: int = 64) -> Path:
+    """A randomly initialised two-layer Llama with a byte-level BPE tokenizer, saved as a Hugging Face
+    model directory (config.json, model.safetensors, tokenizer.json): a stand-in for a pretrained
+    causal LM that loads with AutoModelForCausalLM / AutoTokenizer offline in a second."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator([TINY_LM_TEXT] * 20, trainer)
+    wrapper = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", model_max_length=context)
+    wrapper.save_pretrained(str(directory))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=context, tie_word_embeddings=True,
+        eos_token_id=tokenizer.token_to_id("<|endoftext|>"), bos_token_id=None, initializer_range=0.3,  # peaked logits: greedy choices are clear-cut
+    )
+    LlamaForCausalLM(config).save_pretrained(str(directory))
+    return directory

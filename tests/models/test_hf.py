@@ -11,9 +11,10 @@ from torch import nn
 
 from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
-from forgeml.models.hf import adapter_state_dict, load_adapter_state_dict, merge, trainable_parameters
+from forgeml.models.hf import merge, trainable_parameters
 from forgeml.pretrained import DEFAULT_ID, identity, resolve
 from forgeml.registry import MODELS
+from forgeml.training.checkpoint import load_state_dict_tensors, state_dict_tensors
 
 LENGTH = 16
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -183,7 +184,7 @@ def test_lora_trains_a_small_fraction_and_merges_into_an_ordinary_model(batch, l
     before, after = train_steps(lora_model, ids, labels, steps=3, lr=3e-3)
     assert after < before
 
-    saved = adapter_state_dict(lora_model)
+    saved = state_dict_tensors(lora_model)
     assert len(saved) == 26 and all("lora_" in name or name.startswith("head.") for name in saved)
 
     merged = merge(lora_model)
@@ -195,7 +196,7 @@ def test_lora_trains_a_small_fraction_and_merges_into_an_ordinary_model(batch, l
 
         # an adapter-only checkpoint, or the full state dict, restores the trained model on a fresh build
         fresh = build(adapter={"type": "lora"})
-        load_adapter_state_dict(fresh, saved)
+        load_state_dict_tensors(fresh, saved)
         torch.testing.assert_close(fresh.eval()(ids), lora_model.eval()(ids))
         again = build(adapter={"type": "lora"})
         again.load_state_dict(lora_model.state_dict())
@@ -220,3 +221,15 @@ def test_lora_on_transformers_own_head_merges_too(batch):
     with torch.no_grad():
         torch.testing.assert_close(merged.eval()(ids), model.eval()(ids), atol=1e-5, rtol=1e-4)
         assert not torch.allclose(merged(ids), build(pooling="head").eval()(ids))
+
+
+def test_a_gguf_file_and_the_bundled_smollm2_resolve_offline(tmp_path):
+    from forgeml.pretrained import SMOLLM2, SMOLLM2_FILE
+
+    smollm2 = resolve(SMOLLM2)
+    assert smollm2.gguf_file == SMOLLM2_FILE and (smollm2.local_dir / SMOLLM2_FILE).is_file()
+    assert smollm2.load_kwargs() == {"gguf_file": SMOLLM2_FILE}
+    by_path = resolve(str(smollm2.local_dir / SMOLLM2_FILE))
+    assert by_path.gguf_file == SMOLLM2_FILE and by_path.local_dir == smollm2.local_dir
+    with pytest.raises(ConfigError, match="GGUF file .* does not exist"):
+        resolve(str(tmp_path / "missing.gguf"))

@@ -7,7 +7,8 @@
 The rows of the source's text column are joined (each followed by ``separator``) into one stream of
 tokens. Rows go to train / validation / test in seeded blocks of consecutive rows, so held-out text
 is whole passages, not single lines whose neighbours were trained on. A Hugging Face ``tokenizers``
-tokenizer (byte-level BPE, or characters) is trained on the training text, saved as
+tokenizer (byte-level BPE, or characters) is trained on the training text (or a pretrained model's
+own is used as it is: ``tokenizer: pretrained``, for fine-tuning that model), saved as
 ``tokenizer.json``, and each split's ids are written to ``tokens/<split>.bin`` (uint16 or uint32,
 raw) in the run directory. Training reads random windows from those files through ``np.memmap``,
 so a corpus far larger than memory trains the same way.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,14 +53,16 @@ class Corpus:
     Args:
         cfg: the ``data.corpus`` section.
         context: the model's context length (windows are this long).
+        pretrained: with ``tokenizer: pretrained``, the model whose tokenizer to use (``model.pretrained``).
     """
 
     task = "language_modelling"
     VERSION = 1
 
-    def __init__(self, cfg: CorpusConfig, context: int):
+    def __init__(self, cfg: CorpusConfig, context: int, pretrained: Optional[str] = None):
         self.cfg = cfg
         self.context = context
+        self.pretrained = pretrained
         self.tokenizer: Any = None
         self.token_counts: dict[str, int] = {}
 
@@ -68,6 +71,10 @@ class Corpus:
     def _train_tokenizer(self, texts: list[str]) -> Any:
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+        if self.cfg.tokenizer == "pretrained":
+            from forgeml.pretrained import load_tokenizer, resolve
+
+            return load_tokenizer(resolve(self.pretrained)).tokenizer
         if self.cfg.tokenizer == "bpe":
             tokenizer = Tokenizer(models.BPE())
             tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -104,7 +111,8 @@ class Corpus:
         return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text).ids)
+        # no special tokens: the token files hold none either (a pretrained tokenizer may add a BOS)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:
         return str(self.tokenizer.decode(list(ids)))
@@ -145,7 +153,7 @@ class Corpus:
         ids = np.empty(0, dtype=self.dtype)
         chunks = []
         for start in range(0, len(texts), 4096):  # encode_batch runs in parallel (Rust threads)
-            chunks.extend(np.asarray(e.ids, dtype=self.dtype) for e in self.tokenizer.encode_batch(texts[start : start + 4096]))
+            chunks.extend(np.asarray(e.ids, dtype=self.dtype) for e in self.tokenizer.encode_batch(texts[start : start + 4096], add_special_tokens=False))
         return np.concatenate(chunks) if chunks else ids
 
     def tokens(self, directory: Path, split: str) -> np.ndarray:

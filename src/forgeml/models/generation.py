@@ -1,4 +1,5 @@
-"""Text generation with a GPT: one token at a time, each yielded as soon as it is chosen.
+"""Text generation with a language model (a ``gpt``, or a pretrained causal LM of type ``hf``): one
+token at a time, each yielded as soon as it is chosen.
 
     for token in generate(model, prompt_ids, 100, temperature=0.8, top_k=50, seed=0):
         print(tokenizer.decode([token]), end="", flush=True)
@@ -17,16 +18,35 @@ same tokens as no cache, only faster, up to the context; past it both cost the s
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Protocol, Union
 
 import torch
 from torch import Tensor
 
-from forgeml.models.gpt import GPT, KVCache
+
+class LanguageModel(Protocol):
+    """What generation needs of a model: ``context`` (positions it reads at most), ``new_cache()``
+    (an empty key/value cache with ``length`` and ``reset()``), and ``model(ids, cache)`` returning
+    N x T x vocabulary logits (``GPT`` and ``hf.PretrainedLM`` both are one)."""
+
+    context: int
+
+    def new_cache(self) -> Any: ...
+
+    def __call__(self, ids: Tensor, cache: Any = None) -> Tensor: ...
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    @property
+    def training(self) -> bool: ...
 
 
 def generate(
-    model: GPT,
+    model: LanguageModel,
     prompt: Union[list[int], Tensor],
     max_new_tokens: int,
     *,
@@ -43,7 +63,7 @@ def generate(
     back after every step, so stopping the iteration early leaves the model as it was.
 
     Args:
-        model: a GPT, on the device to run on.
+        model: a language model (a GPT, or a pretrained causal LM), on the device to run on.
         prompt: the token ids to continue (a list, or a 1-D or 1 x T tensor); not empty (begin with
             a BOS token or a space). Only its last ``model.context`` tokens are read.
         max_new_tokens: how many tokens to generate at most.
@@ -55,7 +75,7 @@ def generate(
         seed: seeds the sampling generator (on the model's device), so the same seed gives the
             same tokens; None: a fresh random seed.
         eos_id: stop after yielding this token.
-        use_cache: keep the keys and values of the tokens read (``KVCache``); False re-reads the whole
+        use_cache: keep the keys and values of the tokens read (``model.new_cache()``); False re-reads the whole
             window every step (slower; the same tokens).
 
     Returns:
@@ -86,7 +106,7 @@ def generate(
 
 
 def _generate(
-    model: GPT,
+    model: LanguageModel,
     tokens: list[int],
     max_new_tokens: int,
     temperature: float,
@@ -105,7 +125,7 @@ def _generate(
     else:
         generator.manual_seed(seed)
     window: deque[int] = deque(tokens, maxlen=model.context)  # all the model can read
-    cache = KVCache(model.context) if use_cache else None
+    cache = model.new_cache() if use_cache else None
     logits = _last_logits(model, window, cache, device)
     for step in range(max_new_tokens):
         token = _choose(logits, temperature, top_k, top_p, generator)
@@ -121,7 +141,7 @@ def _generate(
             logits = _last_logits(model, window, cache, device)
 
 
-def _last_logits(model: GPT, ids: Iterable[int], cache: Optional[KVCache], device: torch.device) -> Tensor:
+def _last_logits(model: LanguageModel, ids: Iterable[int], cache: Any, device: torch.device) -> Tensor:
     """The logits after the last of ``ids`` (a vocabulary-long vector), in eval mode without gradients."""
     was_training = model.training
     model.eval()

@@ -134,6 +134,10 @@ class GPT(nn.Module):
             for projection in (block.attention.out, block.mlp[2]):
                 nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * cfg.layers))
 
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for generation."""
+        return KVCache(self.context)
+
     def forward(self, ids: Tensor, cache: Optional[KVCache] = None) -> Tensor:
         """Next-token logits for every position.
 

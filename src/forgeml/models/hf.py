@@ -1,20 +1,27 @@
-"""A pretrained Hugging Face encoder with a new classification or regression head, optionally with LoRA.
+"""A pretrained Hugging Face model: an encoder with a new classification or regression head, or a
+causal language model to fine-tune on a corpus; either optionally with LoRA.
 
-``AutoModelForSequenceClassification`` loads the pretrained network (``pretrained:``, resolved by
-``forgeml.pretrained``: a local directory, a hub id, or the bundled all-MiniLM-L6-v2) and adds a
-fresh head of ``num_outputs`` logits; forgeml computes the loss from them, as for every model. It
-reads token ids made by the same model's tokenizer (a text feature with ``tokenizer: pretrained``),
+For rows (features and a target), ``AutoModelForSequenceClassification`` (or ``AutoModel`` and a
+mean-pooling head, ``pooling``) loads the pretrained network (``pretrained:``, resolved by
+``forgeml.pretrained``: a local directory, a GGUF file, a hub id, or the bundled all-MiniLM-L6-v2)
+with a fresh head of ``num_outputs`` logits; forgeml computes the loss from them, as for every model.
+It reads token ids made by the same model's tokenizer (a text feature with ``tokenizer: pretrained``),
 and the attention mask is ``ids != pad_id``, as for every token model here.
 
+For a corpus (``data.corpus`` with ``tokenizer: pretrained``), ``AutoModelForCausalLM`` loads the
+model with its own output layer, and it is trained to predict each next token of ``context``-long
+windows, as a ``gpt`` is; ``forgeml generate`` continues text with it through its key/value cache.
+
 Fine-tuning is full, partly frozen (``freeze``), or low-rank adapters through peft (``adapter``):
-only the adapters and the head train. ``adapter_state_dict`` holds just those tensors (an
-adapter-only checkpoint is a few hundred KB, not the whole model), and ``merge`` folds the adapters
-into the base weights, giving the ordinary model later stages (export, serve) expect.
+only the adapters and the head train. Runs and checkpoints then store just those tensors
+(``training.checkpoint.state_dict_tensors``: a few hundred KB, not the whole model), and ``merge``
+folds the adapters into the base weights, giving the ordinary model later stages (export, serve) expect.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import warnings
 from typing import Any, Literal, Optional
@@ -24,12 +31,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from forgeml.config import Section
-from forgeml.errors import CheckpointError, ConfigError
+from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
 from forgeml.models.layers import masked_mean, padding_mask, require_input_kind
-from forgeml.pretrained import ResolvedModel, load_tokenizer, quiet_transformers, resolve
+from forgeml.pretrained import SMOLLM2, ResolvedModel, load_tokenizer, quiet_transformers, resolve
 from forgeml.registry import MODELS
 
+ENCODERS = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "camembert")  # not causal LMs
 MATCHING_TEXT_FEATURE = "use data.features: [{type: text, tokenizer: pretrained, ...}] with the same pretrained model"
 
 
@@ -63,6 +71,12 @@ class HFConfig(Section):
         "last hidden states; auto: mean for sentence-transformers models trained with mean pooling (all-MiniLM-L6-v2), else head.",
     )
     adapter: Optional[LoRAConfig] = Field(None, description="Train low-rank adapters (and the head) instead of the pretrained weights.")
+    context: int = Field(
+        256, ge=2, description="Language modelling (data.corpus): tokens per training window, and what generation reads at most."
+    )
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each layer during the backward pass instead of storing its activations: less memory, more compute."
+    )
 
 
 class PretrainedClassifier(nn.Module):
@@ -86,6 +100,47 @@ class PretrainedClassifier(nn.Module):
         if self.head is None:
             return outputs.logits
         return self.head(masked_mean(outputs.last_hidden_state, mask))
+
+
+class PretrainedCache:
+    """Generation's key/value cache for a ``PretrainedLM`` (the interface of ``gpt.KVCache``): the
+    transformers cache object of the positions read so far, and how many there are."""
+
+    def __init__(self) -> None:
+        self.past: Any = None
+        self.length = 0
+
+    def reset(self) -> None:
+        self.past, self.length = None, 0
+
+
+class PretrainedLM(nn.Module):
+    """Token ids N x T in, next-token logits N x T x vocabulary out: a transformers (or peft) causal LM.
+
+    Windows of a corpus are never padded, so there is no attention mask; ``context`` is the window
+    length it was trained on, which generation reads at most (as for a ``gpt``).
+    """
+
+    def __init__(self, network: nn.Module, resolved: ResolvedModel, context: int):
+        super().__init__()
+        self.network = network
+        self.resolved = resolved
+        self.context = context
+        # transformers 5 renamed past_key_values to cache; models not yet moved over keep the old name
+        base = network.get_base_model() if hasattr(network, "get_base_model") else network
+        self._cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+    def new_cache(self) -> PretrainedCache:
+        return PretrainedCache()
+
+    def forward(self, ids: Tensor, cache: Optional[PretrainedCache] = None) -> Tensor:
+        if cache is None:
+            return self.network(input_ids=ids, use_cache=False).logits
+        outputs = self.network(input_ids=ids, use_cache=True, **{self._cache_argument: cache.past})
+        past = getattr(outputs, "cache", None)
+        cache.past = past if past is not None else outputs.past_key_values
+        cache.length += ids.shape[1]
+        return outputs.logits
 
 
 def _mean_pooled_by_training(resolved: ResolvedModel) -> bool:
@@ -151,6 +206,8 @@ def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module
 
     require_input_kind("hf", inputs, ("tokens",))
     resolved = resolve(cfg.pretrained)
+    if inputs.next_token:
+        return _build_causal_lm(cfg, inputs, resolved)
     vocabulary = load_tokenizer(resolved).tokenizer.get_vocab_size()
     if inputs.vocab_size != vocabulary:
         raise ConfigError(
@@ -182,11 +239,55 @@ def build_hf(cfg: HFConfig, *, inputs: InputSpec, num_outputs: int) -> nn.Module
         raise ConfigError(f"the inputs ({inputs.describe()}) are longer than {resolved.path_or_id} takes ({positions}); set the text feature's max_length")
     if getattr(network.config, "pad_token_id", None) is None:
         network.config.pad_token_id = inputs.pad_id  # decoder models find the last real token by it
-    if cfg.freeze != "none":
-        _freeze(network, cfg)
+    _prepare_training(network, cfg)
     if cfg.adapter is not None:
         network = _with_lora(network, cfg.adapter, "SEQ_CLS" if head is None else "FEATURE_EXTRACTION")
     return PretrainedClassifier(network, inputs.pad_id, resolved, head)
+
+
+def _prepare_training(network: nn.Module, cfg: HFConfig) -> None:
+    if cfg.freeze != "none":
+        _freeze(network, cfg)
+    if cfg.activation_checkpointing:
+        if not getattr(network, "supports_gradient_checkpointing", False):
+            raise ConfigError(f"model.activation_checkpointing: {type(network).__name__} does not support it in transformers")
+        enable = getattr(network, "activation_checkpointing_enable", None)  # transformers >= 5.2; older: gradient_...
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            network.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _build_causal_lm(cfg: HFConfig, inputs: InputSpec, resolved: ResolvedModel) -> nn.Module:
+    """The pretrained model with its language-modelling head, for next-token training on a corpus."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    with quiet_transformers():
+        model_type = getattr(AutoConfig.from_pretrained(str(resolved.local_dir), **resolved.load_kwargs()), "model_type", "")
+        # BERT-like encoders have a masked-LM head transformers can run left to right, but were not trained to
+        if model_type in ENCODERS or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ConfigError(
+                f"model type hf: {resolved.description} ({model_type or 'unknown type'}) is not a causal language model, which "
+                f"language modelling (data.corpus) needs; e.g. pretrained: {SMOLLM2}"
+            )
+        network = AutoModelForCausalLM.from_pretrained(str(resolved.local_dir), dtype=torch.float32, **resolved.load_kwargs())
+    vocabulary = network.get_output_embeddings().weight.shape[0]
+    if inputs.vocab_size > vocabulary:
+        raise ConfigError(
+            f"model type hf ({resolved.path_or_id}) predicts {vocabulary:,} tokens, the corpus has {inputs.vocab_size:,}; "
+            "use data.corpus.tokenizer: pretrained, the model's own"
+        )
+    positions = getattr(network.config, "max_position_embeddings", None)
+    if positions is not None and cfg.context > positions:
+        raise ConfigError(f"model.context {cfg.context} is longer than {resolved.path_or_id} takes ({positions})")
+    if inputs.shape[0] != cfg.context:
+        raise ConfigError(f"the corpus windows are {inputs.shape[0]} tokens, model.context is {cfg.context}")
+    _prepare_training(network, cfg)
+    if cfg.adapter is not None:
+        network = _with_lora(network, cfg.adapter, "CAUSAL_LM")
+    return PretrainedLM(network, resolved, cfg.context)
 
 
 def trainable_parameters(module: nn.Module) -> tuple[int, int]:
@@ -197,7 +298,7 @@ def trainable_parameters(module: nn.Module) -> tuple[int, int]:
 
 def is_adapted(module: nn.Module) -> bool:
     """Whether ``module`` carries peft adapters (so ``merge`` has something to do)."""
-    if not isinstance(module, PretrainedClassifier):  # any other model: no need to import peft
+    if not isinstance(module, (PretrainedClassifier, PretrainedLM)):  # any other model: no need to import peft
         return False
     from peft import PeftModel
 
@@ -216,34 +317,12 @@ def merge(module: nn.Module) -> nn.Module:
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5: nothing a user can act on
         warnings.simplefilter("ignore", FutureWarning)
         merged_network = copy.deepcopy(module.network).merge_and_unload()
-    merged = PretrainedClassifier(merged_network, module.pad_id, module.resolved, copy.deepcopy(module.head))
+    if isinstance(module, PretrainedLM):
+        merged: nn.Module = PretrainedLM(merged_network, module.resolved, module.context)
+    else:
+        merged = PretrainedClassifier(merged_network, module.pad_id, module.resolved, copy.deepcopy(module.head))
     merged.requires_grad_(True)  # an ordinary model again: nothing frozen by the adapter remains
     return merged.train(module.training)
-
-
-def adapter_state_dict(module: nn.Module) -> dict[str, Tensor]:
-    """Only the trained tensors (with LoRA: the adapters and the head), for an adapter-only checkpoint.
-
-    Keys are those of ``module.state_dict()``; the base model's weights are left out, so loading
-    needs the same base model (check ``forgeml.pretrained.identity``).
-    """
-    return {name: parameter.detach() for name, parameter in module.named_parameters() if parameter.requires_grad}
-
-
-def load_adapter_state_dict(module: nn.Module, tensors: dict[str, Tensor]) -> None:
-    """Load what ``adapter_state_dict`` saved into a freshly built module of the same config.
-
-    Raises:
-        CheckpointError: the tensors are not exactly the module's trainable ones (another config).
-    """
-    expected = set(adapter_state_dict(module))
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"the adapter checkpoint does not fit this model: {len(missing)} tensors missing (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); was it saved with another model config?"
-        )
-    module.load_state_dict(tensors, strict=False)
 
 
 def describe(module: nn.Module) -> dict[str, Any]:

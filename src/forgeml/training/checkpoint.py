@@ -1,6 +1,7 @@
 """What a checkpoint holds, as bytes for ``RunDir.save_checkpoint``: safetensors and JSON, no pickle.
 
-    model.safetensors       weights
+    model.safetensors       weights (on a pretrained base with frozen weights, LoRA or freeze: only
+                            the trained ones, see ``state_dict_tensors``)
     optimizer.safetensors   optimizer tensors; param groups and scalars in the file's metadata
     rng.safetensors         torch (and CUDA) RNG, the shuffling generator now and at epoch start,
                             the augmentation generator
@@ -22,9 +23,48 @@ from torch import nn
 from forgeml.training.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
 
+def trained_names(model: nn.Module) -> set[str] | None:
+    """The names of the tensors a run stores for ``model``: None for all of them; for a model on a
+    pretrained base (``model.resolved``) of which some weights are frozen (LoRA adapters, or
+    ``freeze``), only the trainable ones. The frozen rest is the pretrained model itself, loaded again
+    from it (its identity checked against the run's base_model.json), so a LoRA checkpoint of a
+    135M-parameter model is a few MB, not half a GB."""
+    if getattr(model, "resolved", None) is None:
+        return None
+    parameters = dict(model.named_parameters())
+    trainable = {name for name, parameter in parameters.items() if parameter.requires_grad}
+    return None if len(trainable) == len(parameters) else trainable
+
+
 def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the weights that safetensors can store (contiguous, no shared storage)."""
-    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
+    """A CPU copy of the weights a run stores (``trained_names``) that safetensors can store
+    (contiguous, no shared storage)."""
+    names = trained_names(model)
+    return {
+        name: tensor.detach().cpu().contiguous().clone()
+        for name, tensor in model.state_dict().items()
+        if names is None or name in names
+    }
+
+
+def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load what ``state_dict_tensors`` stored into a freshly built ``model`` of the same config.
+
+    Raises:
+        RuntimeError: the tensors are not the ones ``model`` stores (another config), as
+            ``load_state_dict`` raises for a whole model.
+    """
+    names = trained_names(model)
+    if names is None:
+        model.load_state_dict(tensors)
+        return
+    missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
+    if missing or unexpected:
+        raise RuntimeError(
+            f"the stored tensors do not fit this model: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    model.load_state_dict(tensors, strict=False)
 
 
 @dataclass

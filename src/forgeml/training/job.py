@@ -274,12 +274,21 @@ def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resumi
     device = process.device
     context = getattr(cfg.model, "context", None)
     if context is None:
-        raise ConfigError(f"data.corpus (language modelling) needs a model that predicts next tokens: model.type gpt, not {cfg.model.type}")
+        raise ConfigError(
+            f"data.corpus (language modelling) needs a model that predicts next tokens: model.type gpt or hf (a causal LM), not {cfg.model.type}"
+        )
+    pretrained = None
+    if cfg.data.corpus.tokenizer == "pretrained":
+        if cfg.model.type != "hf":
+            raise ConfigError(f"data.corpus.tokenizer: pretrained reads model.pretrained's tokenizer; it needs model.type hf, not {cfg.model.type}")
+        pretrained = cfg.model.pretrained
+    elif cfg.model.type == "hf":
+        raise ConfigError("model.type hf reads ids from its own tokenizer: set data.corpus.tokenizer: pretrained")
     if cfg.train.batch_size == "full":
         raise ConfigError("train.batch_size: 'full' does not apply to language modelling; give windows per batch, e.g. 32")
     source = SOURCES.build(cfg.data.source)
     if process.is_main:
-        corpus = Corpus(cfg.data.corpus, context)
+        corpus = Corpus(cfg.data.corpus, context, pretrained)
         # tokens go to a scratch folder first: a resumed run whose text changed must keep its own files
         scratch = run / ".tokens.tmp"
         shutil.rmtree(scratch, ignore_errors=True)

@@ -102,21 +102,28 @@ def compute_loss(outputs: torch.Tensor, targets: torch.Tensor, task: str, label_
     return F.mse_loss(outputs.float().squeeze(-1), targets)
 
 
+LOGITS_PER_BATCH = 1 << 26  # logits a language-model evaluation batch may hold (256 MB in float32)
+
+
 @torch.no_grad()
 def language_model_metrics(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device: torch.device, precision: str = "fp32"
 ) -> dict[str, float]:
     """Mean next-token loss and perplexity (exp of it) over windows, batch by batch: the N x T x V
-    logits of a whole split would not fit in memory."""
+    logits of a whole split would not fit in memory. Batches hold at most ``batch_size`` windows and
+    about ``LOGITS_PER_BATCH`` logits (a 49k-token vocabulary makes 200 MB of logits per 1,000 positions)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, inputs.shape[0], batch_size):
+    start, size = 0, 1  # the first window alone tells the vocabulary, which sizes the batches
+    while start < inputs.shape[0]:
         with autocast(device, precision):
-            logits = model(inputs[start : start + batch_size].to(device))
-        batch_targets = targets[start : start + batch_size].to(device)
+            logits = model(inputs[start : start + size].to(device))
+        batch_targets = targets[start : start + size].to(device)
         total += float(F.cross_entropy(logits.flatten(0, 1).float(), batch_targets.flatten(), reduction="sum"))
         count += batch_targets.numel()
+        start += size
+        size = max(1, min(batch_size, LOGITS_PER_BATCH // max(1, logits.shape[1] * logits.shape[2])))
     model.train(was_training)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
@@ -243,7 +250,7 @@ def fit(
     epoch_start_rng = batches.generator.get_state()
     if resume_files is not None:
         resumed = checkpoint.unpack(resume_files)
-        model.load_state_dict(resumed.model)
+        checkpoint.load_state_dict_tensors(model, resumed.model)
         optimizer.load_state_dict(resumed.optimizer)
         scaler.load_state_dict(resumed.state.pop("scaler", {}) or scaler.state_dict())
         state = LoopState(**resumed.state)
@@ -407,7 +414,7 @@ def fit(
     if progress is not None:
         progress.stop()
     if track_best and cfg.keep_best and best_weights is not None:
-        model.load_state_dict(best_weights)
+        checkpoint.load_state_dict_tensors(model, best_weights)
     return FitResult(state, total_steps, validation_metrics)
 
 
