@@ -135,6 +135,11 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp32; bf16 autocast; fp16 autocast with a GradScaler (CUDA only).")
     deterministic: bool = Field(False, description="Use deterministic algorithms only (slower on GPU; CPU runs are deterministic anyway).")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With several processes (--nproc): ddp keeps a whole model on every rank; fsdp (FSDP2) shards parameters, "
+        "gradients and optimizer state across them, for models that do not fit one device.",
+    )
     compile: bool = Field(False, description="torch.compile the model for training steps: faster on GPUs once compiled; the first steps wait for the compiler.")
     tf32: bool = Field(True, description="CUDA: let fp32 matrix multiplies use TensorFloat-32 (much faster on Ampere and later, ~3 digits of mantissa).")
     eval_batch_size: int = Field(512, ge=1, description="Batch size for evaluation and prediction.")

@@ -39,7 +39,7 @@ def test_state_dict_tensors_is_a_detached_cpu_copy():
 def test_pack_writes_safetensors_and_json_only():
     model, optimizer = trained_pair()
     rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().manual_seed(3).get_state()}
-    files = pack(model, optimizer, rng, None, {"step": 7, "epoch": 1})
+    files = pack(state_dict_tensors(model), optimizer.state_dict(), rng, None, {"step": 7, "epoch": 1})
     assert sorted(files) == ["model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"]
     for name in ("model.safetensors", "optimizer.safetensors", "rng.safetensors"):
         load_tensors(files[name])  # valid safetensors
@@ -51,7 +51,7 @@ def test_unpack_restores_model_optimizer_rng_best_and_state():
     model, optimizer = trained_pair()
     best = {k: v * 2 for k, v in state_dict_tensors(model).items()}
     rng = {"torch": torch.get_rng_state(), "shuffle": torch.Generator().manual_seed(3).get_state()}
-    files = pack(model, optimizer, rng, best, {"step": 7, "best_value": 0.25, "scaler": None})
+    files = pack(state_dict_tensors(model), optimizer.state_dict(), rng, best, {"step": 7, "best_value": 0.25, "scaler": None})
     assert "best.safetensors" in files
     resumed = unpack(files)
     assert resumed.state == {"step": 7, "best_value": 0.25, "scaler": None}
@@ -64,4 +64,4 @@ def test_unpack_restores_model_optimizer_rng_best_and_state():
     restored = build_optimizer(twin, TrainConfig(optimizer="adam", lr=0.01))
     restored.load_state_dict(resumed.optimizer)
     assert torch.equal(restored.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
-    assert unpack(pack(model, optimizer, rng, None, {"step": 1})).best is None
+    assert unpack(pack(state_dict_tensors(model), optimizer.state_dict(), rng, None, {"step": 1})).best is None

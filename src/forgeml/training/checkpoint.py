@@ -20,6 +20,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from forgeml.training import distributed
 from forgeml.training.optim import optimizer_state_from_tensors, optimizer_state_to_tensors
 
 
@@ -36,15 +37,27 @@ def trained_names(model: nn.Module) -> set[str] | None:
     return None if len(trainable) == len(parameters) else trainable
 
 
+def _full_state_options(**options: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **options)
+
+
 def state_dict_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the weights a run stores (``trained_names``) that safetensors can store
-    (contiguous, no shared storage)."""
+    (contiguous, no shared storage).
+
+    For a model sharded with FSDP2 the full tensors are gathered to rank 0, a collective every rank
+    must call; the other ranks get an empty dict.
+    """
     names = trained_names(model)
-    return {
-        name: tensor.detach().cpu().contiguous().clone()
-        for name, tensor in model.state_dict().items()
-        if names is None or name in names
-    }
+    if distributed.is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(model, options=_full_state_options(cpu_offload=True))
+    else:
+        state = model.state_dict()
+    return {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items() if names is None or name in names}
 
 
 def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -55,6 +68,11 @@ def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
             ``load_state_dict`` raises for a whole model.
     """
     names = trained_names(model)
+    if distributed.is_sharded(model):  # rank 0 holds the tensors (state_dict_tensors) and sends each rank its shards
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, tensors, options=_full_state_options(broadcast_from_rank0=True, strict=names is None))
+        return
     if names is None:
         model.load_state_dict(tensors)
         return
@@ -67,6 +85,44 @@ def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
     model.load_state_dict(tensors, strict=False)
 
 
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict as ``torch.optim.Optimizer.state_dict`` gives it (parameters by
+    index), whole, whatever the strategy: under FSDP2 each sharded tensor is gathered (a collective
+    every rank must call; rank 0 keeps the result, the other ranks get an empty dict), so any run
+    resumes from it with any number of processes."""
+    if not distributed.is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.tensor import DTensor
+
+    state = optimizer.state_dict()
+    gathered = {
+        index: {key: value.full_tensor().cpu() if isinstance(value, DTensor) else value for key, value in values.items()}
+        for index, values in sorted(state["state"].items())  # the same order on every rank: each gather is a collective
+    }
+    return {"state": gathered, "param_groups": state["param_groups"]} if distributed.rank() == 0 else {}
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load what ``optimizer_state`` gave (every rank has it whole) into the optimizer of ``model``:
+    under FSDP2 each rank keeps its own shard of every tensor, cut as its parameter is."""
+    if not distributed.is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    sharded: dict[int, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        parameter = parameters[int(index)]
+        sharded[int(index)] = {
+            key: distribute_tensor(value.to(parameter.device), parameter.device_mesh, parameter.placements, src_data_rank=None)
+            if isinstance(parameter, DTensor) and isinstance(value, torch.Tensor) and value.shape == parameter.shape
+            else value
+            for key, value in values.items()
+        }
+    optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})
+
+
 @dataclass
 class Resumed:
     model: dict[str, torch.Tensor]
@@ -77,15 +133,16 @@ class Resumed:
 
 
 def pack(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
     rng: dict[str, torch.Tensor],
     best: dict[str, torch.Tensor] | None,
     state: dict[str, Any],
 ) -> dict[str, bytes]:
-    tensors, metadata = optimizer_state_to_tensors(optimizer)
+    """The checkpoint files, from ``state_dict_tensors(model)`` and ``optimizer_state(model, optimizer)``."""
+    tensors, metadata = optimizer_state_to_tensors(optimizer_state)
     files = {
-        "model.safetensors": save_tensors(state_dict_tensors(model)),
+        "model.safetensors": save_tensors(weights),
         "optimizer.safetensors": save_tensors(tensors, metadata=metadata),
         "rng.safetensors": save_tensors({k: v.contiguous() for k, v in rng.items()}),
         "state.json": (json.dumps(state, indent=2) + "\n").encode(),

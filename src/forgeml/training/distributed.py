@@ -7,6 +7,11 @@ process: no process group, and every helper here does nothing (or returns its in
 calls them unconditionally.
 
 Backends: NCCL for CUDA devices (each rank on ``cuda:LOCAL_RANK``), gloo for everything else.
+
+Two ways to split the work (``train.strategy``): DDP keeps a whole copy of the model on every rank
+and averages gradients; FSDP2 (``shard``: ``fully_shard`` on each repeated layer, then the root)
+keeps 1/world of every parameter, gradient and optimizer state on each rank and gathers a layer's
+parameters only while it runs, for models that do not fit one device.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from forgeml.errors import ConfigError
 
@@ -120,3 +126,29 @@ def all_gather_object(value: Any) -> list[Any]:
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2, in place: ``fully_shard`` each layer of the model's outermost stacks of repeated layers
+    (every module held in a ``ModuleList``: a GPT's blocks, a transformers model's layers), then the
+    model itself for what is left (embeddings, final norm, head). Returns ``model``."""
+    from torch.distributed.fsdp import fully_shard
+
+    stacks: list[str] = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and not any(name.startswith(stack + ".") for stack in stacks):
+            stacks.append(name)
+            for layer in module:
+                if any(True for _ in layer.parameters()):
+                    fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` went through ``shard`` (its parameters are DTensors spread over the ranks)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(model, FSDPModule)

@@ -428,12 +428,14 @@ def _train_in(
         augment=augment,
     )
 
+    # -- final weights and metrics on every split (under FSDP2 both take every rank: the layers are spread over them)
+    sharded = distributed.is_sharded(model)
+    weights = state_dict_tensors(model) if main or sharded else {}
+    metrics = data.final_metrics(model) if main or sharded else {}
     if not main:  # rank 0 writes the run; wait for it so every rank returns its metrics
         return TrainResult(run.path, distributed.broadcast_object(None))
 
-    # -- final weights and metrics on every split
-    run.write_bytes("model.safetensors", save_tensors(state_dict_tensors(model)))
-    metrics = data.final_metrics(model)
+    run.write_bytes("model.safetensors", save_tensors(weights))
     summary = {
         "task": data.task,
         "splits": metrics,

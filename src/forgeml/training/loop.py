@@ -11,11 +11,13 @@ into each checkpoint, so a run resumed from a checkpoint continues bit for bit a
 
 Under torchrun (see ``training.distributed``) the same loop runs in every process: the model is
 wrapped in DDP, which averages gradients over ranks once per optimizer step (the other micro-batches
-of an accumulation run under ``no_sync``); each rank's batches are its shard of the same global
-batch, so the averaged gradient is the gradient of the global batch. Every rank evaluates the same
-validation data with the same weights and rank 0's numbers decide, so all ranks stop together. The
-logged training loss is the mean over ranks. Only rank 0 gets ``log``, ``progress`` and
-``save_checkpoint``; the checkpoint holds every rank's RNG states (``torch_rank1``, ...).
+of an accumulation run under ``no_sync``), or sharded with FSDP2 (``train.strategy: fsdp``), which
+reduce-scatters them likewise; each rank's batches are its shard of the same global batch, so the
+averaged gradient is the gradient of the global batch. Rank 0 evaluates and broadcasts its numbers,
+so all ranks stop together (under FSDP2 every rank runs the evaluation, since each forward pass
+gathers the layers from all of them). The logged training loss is the mean over ranks. Only rank 0
+gets ``log``, ``progress`` and ``save_checkpoint``; the checkpoint holds every rank's RNG states
+(``torch_rank1``, ...) and, under FSDP2 too, whole tensors gathered to rank 0.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def fit(
             raise ConfigError(f"train.monitor: {cfg.monitor!r} is not one of: loss, {', '.join(known)}")
     set_deterministic(cfg.deterministic)
     rank, world = distributed.rank(), distributed.world_size()
-    optimizer = build_optimizer(model, cfg)
+    sharded = world > 1 and cfg.strategy == "fsdp"
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum)
     total_steps = cfg.epochs * steps_per_epoch
@@ -251,7 +253,6 @@ def fit(
     if resume_files is not None:
         resumed = checkpoint.unpack(resume_files)
         checkpoint.load_state_dict_tensors(model, resumed.model)
-        optimizer.load_state_dict(resumed.optimizer)
         scaler.load_state_dict(resumed.state.pop("scaler", {}) or scaler.state_dict())
         state = LoopState(**resumed.state)
         best_weights = resumed.best
@@ -268,10 +269,16 @@ def fit(
         epoch_start_rng = resumed.rng["epoch_start"]
         batches.generator.set_state(epoch_start_rng if state.batch_in_epoch > 0 else resumed.rng["shuffle"])
 
-    # DDP after loading: it broadcasts rank 0's weights at construction, and evaluation and
-    # checkpoints keep using the plain `model` (no "module." prefixes, no collectives)
+    # FSDP2 shards the loaded weights in place (every rank loaded the same) before the optimizer is
+    # built on the shards; DDP wraps after loading (it broadcasts rank 0's weights at construction),
+    # and evaluation and checkpoints keep using the plain `model` (no "module." prefixes, no collectives)
+    if sharded:
+        distributed.shard(model)
+    optimizer = build_optimizer(model, cfg)
+    if resume_files is not None:
+        checkpoint.load_optimizer_state(model, optimizer, resumed.optimizer)
     train_model: nn.Module = model
-    if world > 1:
+    if world > 1 and not sharded:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     # the compiled module shares the weights; only training steps go through it
     forward = torch.compile(train_model) if cfg.compile else train_model
@@ -296,6 +303,8 @@ def fit(
             own["augment"] = augment.get_state()
         per_rank = distributed.all_gather_object(own)
         loss_since_log = distributed.all_reduce_mean(running_loss).item()
+        if sharded or save_checkpoint is not None:  # under FSDP2, gathering the whole state to rank 0 takes every rank
+            weights, optimizer_state = checkpoint.state_dict_tensors(model), checkpoint.optimizer_state(model, optimizer)
         if save_checkpoint is None:
             return
         rng = {"shuffle": batches.generator.get_state(), "epoch_start": epoch_start_rng} | per_rank[0]
@@ -304,7 +313,7 @@ def fit(
         state.train_seconds = seconds_before + time.perf_counter() - wall_start
         state.loss_since_log = loss_since_log
         saved = asdict(state) | {"scaler": scaler.state_dict() if scaler.is_enabled() else None}
-        save_checkpoint(checkpoint.pack(model, optimizer, rng, best_weights, saved), state.step)
+        save_checkpoint(checkpoint.pack(weights, optimizer_state, rng, best_weights, saved), state.step)
 
     if progress is not None:
         progress.start(state.step, total_steps, math.ceil(total_steps / steps_per_epoch))
@@ -334,7 +343,9 @@ def fit(
                     inputs, targets = augment(inputs, targets)
                 # DDP: all-reduce the gradients once, after the last micro-batch's backward
                 last = index == len(micro) - 1
-                with train_model.no_sync() if world > 1 and not last else nullcontext():  # type: ignore[operator]
+                if sharded:  # FSDP2: likewise, reduce-scatter only after the last micro-batch
+                    model.set_requires_gradient_sync(last)  # type: ignore[operator]
+                with train_model.no_sync() if world > 1 and not sharded and not last else nullcontext():  # type: ignore[operator]
                     with autocast(device, cfg.precision):
                         outputs = forward(inputs)
                     loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
@@ -378,7 +389,7 @@ def fit(
             if validation is not None and (due or final):
                 # rank 0 evaluates (the weights are the same everywhere) and its numbers decide for
                 # every rank, so early stopping and the best weights stay in lockstep
-                validation_metrics = distributed.broadcast_object(evaluate() if rank == 0 else None)
+                validation_metrics = distributed.broadcast_object(evaluate() if rank == 0 or sharded else None)
                 value = validation_metrics[cfg.monitor]
                 shown = {"classification": "accuracy", LANGUAGE_MODELLING: "perplexity"}.get(task, "mse")
                 summary = f"{cfg.monitor} {value:.4f}" + (f"  {shown} {validation_metrics[shown]:.4f}" if shown != cfg.monitor else "")
