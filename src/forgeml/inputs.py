@@ -15,7 +15,7 @@ model can check it was paired with suitable data and size its first layer:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 InputKind = Literal["vector", "image", "tokens", "sequence"]
 
@@ -28,6 +28,8 @@ class InputSpec:
     shape: tuple[int, ...]
     vocab_size: int = 0
     pad_id: int = 0
+    unk_id: Optional[int] = None  # tokens: the unknown token (None: the tokenizer has none, e.g. byte-level BPE)
+    special_ids: tuple[int, ...] = ()  # tokens: other special tokens ([CLS], [SEP], ...), which augmentation leaves alone
 
     @property
     def next_token(self) -> bool:
@@ -35,11 +37,26 @@ class InputSpec:
         return self.kind == "tokens" and self.pad_id < 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "shape": list(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}
+        return {
+            "kind": self.kind,
+            "shape": list(self.shape),
+            "vocab_size": self.vocab_size,
+            "pad_id": self.pad_id,
+            "unk_id": self.unk_id,
+            "special_ids": list(self.special_ids),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":
-        return cls(data["kind"], tuple(data["shape"]), int(data.get("vocab_size", 0)), int(data.get("pad_id", 0)))
+        unk = data.get("unk_id")
+        return cls(
+            data["kind"],
+            tuple(data["shape"]),
+            int(data.get("vocab_size", 0)),
+            int(data.get("pad_id", 0)),
+            None if unk is None else int(unk),
+            tuple(int(i) for i in data.get("special_ids", ())),
+        )
 
     def describe(self) -> str:
         if self.kind == "tokens":

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from helpers import tiny_config
 
 from forgeml.config import validate_config
-from forgeml.data.augment import UNK_ID, Augmenter, affine_theta, beta_samples, log_gamma_samples
+from forgeml.data.augment import Augmenter, affine_theta, beta_samples, log_gamma_samples
 from forgeml.errors import ConfigError
 from forgeml.inputs import InputSpec
 from forgeml.registry import AUGMENTS
 
 CPU = torch.device("cpu")
-TOKENS = InputSpec("tokens", (6,), vocab_size=20, pad_id=0)
+UNK_ID = 1
+TOKENS = InputSpec("tokens", (6,), vocab_size=20, pad_id=0, unk_id=UNK_ID)
 VECTOR = InputSpec("vector", (8,))
 
 
@@ -192,10 +193,21 @@ def test_token_dropout_writes_unk_over_real_tokens_only():
     assert torch.equal(all_dropped, torch.where(tokens == 0, 0, UNK_ID))
 
 
-def test_token_dropout_needs_a_padding_id_other_than_unk():
-    spec = InputSpec("tokens", (6,), vocab_size=20, pad_id=UNK_ID)
-    with pytest.raises(ConfigError, match=r"data\.augment\[0\] \(token_dropout\): the padding id is 1, the id this augmentation reserves for \[UNK\]"):
-        augment([{"type": "token_dropout"}], torch.ones(2, 6, dtype=torch.long), spec=spec)
+def test_token_dropout_needs_an_unknown_token_other_than_padding():
+    with pytest.raises(ConfigError, match=r"data\.augment\[0\] \(token_dropout\): the tokenizer pads with its unknown token \(id 1\)"):
+        augment([{"type": "token_dropout"}], torch.ones(2, 6, dtype=torch.long), spec=InputSpec("tokens", (6,), vocab_size=20, pad_id=1, unk_id=1))
+    with pytest.raises(ConfigError, match=r"\(token_dropout\): the tokenizer has no unknown token"):
+        augment([{"type": "token_dropout"}], torch.ones(2, 6, dtype=torch.long), spec=InputSpec("tokens", (6,), vocab_size=20, pad_id=0))
+
+
+def test_token_augmentation_leaves_special_tokens_where_they_are():
+    # BERT-style: [CLS]=101 ... [SEP]=102 then padding 0; [UNK]=100
+    spec = InputSpec("tokens", (8,), vocab_size=200, pad_id=0, unk_id=100, special_ids=(101, 102))
+    tokens = torch.tensor([[101, 5, 6, 7, 8, 102, 0, 0]] * 16)
+    dropped = augment([{"type": "token_dropout", "p": 1.0}], tokens, spec=spec)[0]
+    assert dropped.tolist() == [[101, 100, 100, 100, 100, 102, 0, 0]] * 16
+    swapped = augment([{"type": "token_swap", "p": 1.0}], tokens, spec=spec)[0]
+    assert swapped.tolist() == [[101, 6, 8, 5, 7, 102, 0, 0]] * 16
 
 
 def test_token_swap_with_p_1_swaps_even_then_odd_pairs_of_real_tokens():

@@ -48,7 +48,8 @@ def test_ids_equal_the_models_own_tokenizer_with_cls_sep_and_padding(reference_t
     expected = reference_tokenizer(SENTENCES, padding="max_length", max_length=16)["input_ids"]
     assert ids.tolist() == expected
     assert ids[3].tolist()[:4] == [101, reference_tokenizer.convert_tokens_to_ids("bad"), 1012, 102]  # [CLS] bad . [SEP]
-    assert features.input_spec == InputSpec("tokens", (16,), vocab_size=30522, pad_id=0)
+    # [UNK] 100; [CLS] 101, [SEP] 102 and [MASK] 103 are special: augmentation leaves them where they are
+    assert features.input_spec == InputSpec("tokens", (16,), vocab_size=30522, pad_id=0, unk_id=100, special_ids=(101, 102, 103))
 
 
 def test_truncation_keeps_the_final_sep(reference_tokenizer):

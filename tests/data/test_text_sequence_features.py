@@ -67,7 +67,7 @@ def test_word_tokenizer_ids_padding_and_unknown_words():
     assert ids[0].tolist() == [vocab[t] for t in ["a", "great", "movie", ",", "great", "acting"]]
     unseen = features.transform_inputs(features.parse(reviews_table(["GREAT zebra"], ["fresh"]), with_target=False))
     assert unseen[0, :2].tolist() == [vocab["great"], 1]
-    assert features.input_spec == InputSpec("tokens", (6,), vocab_size=len(vocab), pad_id=0)
+    assert features.input_spec == InputSpec("tokens", (6,), vocab_size=len(vocab), pad_id=0, unk_id=1)
 
 
 def test_default_max_length_covers_99_percent_of_training_texts_in_multiples_of_8():

@@ -30,8 +30,6 @@ from forgeml.errors import ConfigError
 from forgeml.inputs import InputKind, InputSpec
 from forgeml.registry import AUGMENTS
 
-# The text tokenizer reserves 0 for [PAD] and 1 for [UNK]; token_dropout writes this id.
-UNK_ID = 1
 
 # The augmentation generator is seeded with the run seed plus this, so that on the CPU its draws do
 # not repeat those of the shuffling generator (seeded with the run seed itself).
@@ -288,13 +286,16 @@ class Mixup(Augmentation):
 class TokenDropoutConfig(Section):
     """Replace random tokens with the unknown token, so the model does not lean on any single word."""
 
-    type: Literal["token_dropout"] = Field(description="Replace random tokens with [UNK].")
-    p: float = Field(0.1, ge=0, le=1, description="Probability that a token (never padding) becomes [UNK] (id 1).")
+    type: Literal["token_dropout"] = Field(description="Replace random tokens with the tokenizer's unknown token ([UNK]).")
+    p: float = Field(0.1, ge=0, le=1, description="Probability that a token (never padding or a special token such as [CLS]) becomes [UNK].")
 
 
-def _check_unk(inputs: InputSpec) -> None:
-    if inputs.pad_id == UNK_ID:
-        raise ValueError(f"the padding id is {UNK_ID}, the id this augmentation reserves for [UNK]; the tokenizer must pad with another id")
+def _fixed(inputs: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Where augmentation must leave token ids alone: padding and special tokens ([CLS], [SEP], ...)."""
+    fixed = inputs == spec.pad_id
+    if spec.special_ids:
+        fixed |= torch.isin(inputs, torch.tensor(spec.special_ids, device=inputs.device))
+    return fixed
 
 
 @AUGMENTS.register("token_dropout", TokenDropoutConfig)
@@ -303,12 +304,15 @@ class TokenDropout(Augmentation):
 
     def __init__(self, cfg: TokenDropoutConfig, *, inputs: InputSpec, task: str, num_outputs: int):
         super().__init__(cfg, inputs=inputs, task=task, num_outputs=num_outputs)
-        _check_unk(inputs)
-        self.pad_id = inputs.pad_id
+        if inputs.unk_id is None:
+            raise ValueError("the tokenizer has no unknown token to write (byte-level BPE never needs one); use token_swap, or a word tokenizer")
+        if inputs.unk_id == inputs.pad_id:
+            raise ValueError(f"the tokenizer pads with its unknown token (id {inputs.pad_id}), so a dropped token would read as padding")
+        self.spec = inputs
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        drop = (torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.cfg.p) & (inputs != self.pad_id)
-        return inputs.masked_fill(drop, UNK_ID), targets
+        drop = (torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.cfg.p) & ~_fixed(inputs, self.spec)
+        return inputs.masked_fill(drop, int(self.spec.unk_id)), targets  # type: ignore[arg-type]
 
 
 class TokenSwapConfig(Section):
@@ -322,17 +326,17 @@ class TokenSwapConfig(Section):
 class TokenSwap(Augmentation):
     """Swaps are chosen among pairs starting at even positions, then among pairs starting at odd ones,
     so that no two swaps in a pass overlap; a token moves at most two places. Positions count real
-    tokens only: padding stays where it is, wherever it is."""
+    tokens only: padding and special tokens ([CLS], [SEP], ...) stay where they are, wherever they are."""
 
     kinds = ("tokens",)
 
     def __init__(self, cfg: TokenSwapConfig, *, inputs: InputSpec, task: str, num_outputs: int):
         super().__init__(cfg, inputs=inputs, task=task, num_outputs=num_outputs)
-        self.pad_id = inputs.pad_id
+        self.spec = inputs
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         rows, length = inputs.shape
-        real = inputs != self.pad_id
+        real = ~_fixed(inputs, self.spec)
         # move each row's real tokens to its front (in order), swap there, and put them back
         order = torch.argsort((~real).int(), dim=1, stable=True)
         packed = inputs.gather(1, order)

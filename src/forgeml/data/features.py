@@ -485,7 +485,12 @@ class TextFeature:
             self.tokenizer.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"], length=length)
 
     def spec(self) -> InputSpec:
-        return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=self.pad_id)
+        unk_token = getattr(self.tokenizer.model, "unk_token", None)  # WordLevel, WordPiece and BPE models name theirs
+        unk_id = self.tokenizer.token_to_id(unk_token) if unk_token else None
+        special = sorted(
+            int(index) for index, token in self.tokenizer.get_added_tokens_decoder().items() if token.special and index not in (self.pad_id, unk_id)
+        )
+        return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=self.pad_id, unk_id=unk_id, special_ids=tuple(special))
 
     def state(self) -> dict[str, Any]:
         return {"tokenizer": self.FILE, "vocab_size": self.vocab_size, "max_length": self.max_length}
