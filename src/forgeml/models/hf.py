@@ -261,7 +261,6 @@ def _prepare_training(network: nn.Module, cfg: HFConfig) -> None:
 def _build_causal_lm(cfg: HFConfig, inputs: InputSpec, resolved: ResolvedModel) -> nn.Module:
     """The pretrained model with its language-modelling head, for next-token training on a corpus."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     with quiet_transformers():

@@ -73,7 +73,7 @@ def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
 
         set_model_state_dict(model, tensors, options=_full_state_options(broadcast_from_rank0=True, strict=names is None))
         return
-    if names is None:
+    if names is None or set(tensors) == set(model.state_dict()):  # everything stored (as runs did before adapter-only storage)
         model.load_state_dict(tensors)
         return
     missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
