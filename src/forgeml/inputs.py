@@ -37,14 +37,10 @@ class InputSpec:
         return self.kind == "tokens" and self.pad_id < 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "shape": list(self.shape),
-            "vocab_size": self.vocab_size,
-            "pad_id": self.pad_id,
-            "unk_id": self.unk_id,
-            "special_ids": list(self.special_ids),
-        }
+        data: dict[str, Any] = {"kind": self.kind, "shape": list(self.shape), "vocab_size": self.vocab_size, "pad_id": self.pad_id}
+        if self.kind == "tokens":
+            data |= {"unk_id": self.unk_id, "special_ids": list(self.special_ids)}
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InputSpec":

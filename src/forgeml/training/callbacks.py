@@ -56,7 +56,7 @@ class Progress:
 
     def update(self, step: int, *, epoch: int, loss: float, rate: float) -> None:
         """Record a logged training step (called every log_every steps, not every step)."""
-        self.fields.update(epoch=epoch, loss=f"{loss:.4f}", rate=f"{rate:.0f}")
+        self.fields.update(epoch=epoch, loss=f"{loss:.4f}", rate=f"{rate:.0f}" if rate >= 10 else f"{rate:.2g}")  # a large model on a CPU: 0.27 ex/s, not 0
         if self._bar is not None:
             self._bar.update(self._task, completed=step, **self.fields)
         else:
