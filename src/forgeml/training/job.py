@@ -115,7 +115,11 @@ def train(
     check_precision(device, cfg.train.precision)
     process = distributed.init_from_env(device)
     try:
-        return _train_as(process, config, cfg, resolved, out, resume, overwrite, live_progress, quiet, command)
+        result = _train_as(process, config, cfg, resolved, out, resume, overwrite, live_progress, quiet, command)
+        # every rank finished before any closes its connections: a gloo rank whose peer hangs up while
+        # its last message is still in flight aborts ("terminate called without an active exception")
+        distributed.barrier()
+        return result
     finally:
         distributed.cleanup()
 
