@@ -264,14 +264,16 @@ def _build_causal_lm(cfg: HFConfig, inputs: InputSpec, resolved: ResolvedModel) 
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     with quiet_transformers():
-        model_type = getattr(AutoConfig.from_pretrained(str(resolved.local_dir), **resolved.load_kwargs()), "model_type", "")
+        config = AutoConfig.from_pretrained(str(resolved.local_dir), **resolved.load_kwargs())
+        model_type = getattr(config, "model_type", "")
         # BERT-like encoders have a masked-LM head transformers can run left to right, but were not trained to
         if model_type in ENCODERS or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
             raise ConfigError(
                 f"model type hf: {resolved.description} ({model_type or 'unknown type'}) is not a causal language model, which "
                 f"language modelling (data.corpus) needs; e.g. pretrained: {SMOLLM2}"
             )
-        network = AutoModelForCausalLM.from_pretrained(str(resolved.local_dir), dtype=torch.float32, **resolved.load_kwargs())
+        # the config read above, not read again (for a GGUF file, parsing its metadata a second time)
+        network = AutoModelForCausalLM.from_pretrained(str(resolved.local_dir), config=config, dtype=torch.float32, **resolved.load_kwargs())
     vocabulary = network.get_output_embeddings().weight.shape[0]
     if inputs.vocab_size > vocabulary:
         raise ConfigError(

@@ -56,11 +56,8 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
 # optimizer state <-> safetensors (tensors) + JSON (everything else)
 
 
-def optimizer_state_to_tensors(
-    optimizer: torch.optim.Optimizer | dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Split an optimizer's state dict (or the state dict itself) into named tensors and JSON metadata for safetensors."""
-    state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+def optimizer_state_to_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Split an optimizer state dict (``optimizer.state_dict()``) into named tensors and JSON metadata for safetensors."""
     tensors: dict[str, torch.Tensor] = {}
     other: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
