@@ -7,6 +7,7 @@ traceback instead.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -207,6 +208,85 @@ def generate(
 
 
 # --------------------------------------------------------------------------------------------------
+# trust: attack / audit
+
+
+@app.command()
+def attack(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a classifier."),
+    method: str = typer.Option("pgd", "--method", metavar="fgsm|pgd", help="fgsm: one signed-gradient step; pgd: projected gradient descent."),
+    eps: str = typer.Option("0.05,0.1,0.2,0.3", "--eps", metavar="E1,E2,...", help="Radii of the perturbation (images: pixel units in [0, 1])."),
+    norm: str = typer.Option("linf", "--norm", metavar="linf|l2", help="The norm the radius is measured in."),
+    steps: int = typer.Option(20, "--steps", min=1, metavar="N", help="PGD steps."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0.0, metavar="A", help="PGD step size (default 2.5 x eps / steps)."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help="train, validation or test."),
+    limit: Optional[int] = typer.Option(None, "--n", min=1, metavar="N", help="Attack only the first N examples of the split."),
+    seed: int = typer.Option(0, "--seed", metavar="S", help="Seed of PGD's random starts."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Robust accuracy under an adversarial attack at each radius.
+
+    Images are attacked in pixel space (clipped to [0, 1]), tables in their standardised inputs
+    (clipped to the training range), texts in the token embedding space. Writes attack.json and
+    PNGs of the curve (and, for images, examples) into the run.
+    """
+    from forgeml.robustness import parse_eps, robust_table
+    from forgeml.robustness import run as run_attack
+
+    result = run_attack(run, method, parse_eps(eps), norm, steps, alpha, split, limit, seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 100))
+    name = "FGSM" if result.method == "fgsm" else f"PGD-{result.steps}"
+    typer.echo(f"{run}: {name} ({result.norm}) on the {result.split} split, {result.rows:,} examples; perturbed in {result.space}")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("eps", "robust accuracy", "largest perturbation"):
+        table.add_column(column, justify="right")
+    for row in robust_table(result):
+        table.add_row(*row)
+    console.print(table)
+    typer.echo(f"written: {', '.join([str(Path(run) / 'attack.json'), *(str(Path(run) / f) for f in result.files)])}")
+
+
+@app.command()
+def audit(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    membership: bool = typer.Option(True, "--membership/--no-membership", help="The loss-threshold membership-inference attack."),
+    split: str = typer.Option("test", "--split", metavar="SPLIT", help="Where the non-members come from: test or validation."),
+    limit: Optional[int] = typer.Option(None, "--n", min=1, metavar="N", help="Score at most N members and N non-members."),
+    seed: int = typer.Option(0, "--seed", metavar="S", help="Which training examples are drawn."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Does the model leak which examples it was trained on? A loss-threshold membership-inference
+    attack on training examples against held-out ones: AUC 0.5 and advantage 0 mean no leak.
+    Writes audit.json and a PNG (ROC curve, loss distributions) into the run."""
+    if not membership:
+        raise ForgeError("nothing to audit: the membership-inference audit (--membership) is the one audit so far")
+    from forgeml.privacy import membership as run_membership
+
+    result = run_membership(run, split, limit, seed)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    typer.echo(
+        f"{run}: membership inference (loss threshold) on {result.members:,} training and {result.non_members:,} {result.held_out} examples\n"
+        f"  attack AUC {result.auc:.4f}  advantage {result.advantage:.4f} (TPR - FPR at loss threshold {result.threshold:.4g}; 0.5 and 0 are chance)\n"
+        f"  mean loss: training {result.member_loss:.4f}, {result.held_out} {result.non_member_loss:.4f}"
+        + (
+            f"; accuracy: training {result.train_accuracy:.4f}, {result.held_out} {result.held_out_accuracy:.4f}"
+            if result.train_accuracy is not None
+            else ""
+        )
+    )
+    typer.echo(f"written: {Path(run) / 'audit.json'}, {', '.join(str(Path(run) / f) for f in result.files)}")
+
+
+# --------------------------------------------------------------------------------------------------
 # data
 
 
@@ -227,6 +307,30 @@ def data_inspect(
         typer.echo(json.dumps(summary, indent=2))
         return
     _print_inspection(summary)
+
+
+@data_app.command("scrub")
+def data_scrub(
+    file: Path = typer.Argument(..., metavar="FILE", help="A CSV, TSV, JSON Lines or Parquet file."),
+    column: str = typer.Option(..., "--column", metavar="NAME", help="The text column to scrub."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="Where to write (default: NAME.scrubbed.SUFFIX beside FILE)."),
+    kinds: Optional[str] = typer.Option(
+        None, "--kinds", metavar="K1,K2", help="Only these kinds: URL, EMAIL, IBAN, CARD, IP, PHONE, ID (default: all)."
+    ),
+) -> None:
+    """Replace personal data in a text column (e-mail addresses, URLs, IP addresses, IBANs,
+    payment cards, phone numbers, long ID-like digit runs) with [EMAIL], [URL], ... and count them.
+    The other columns are copied unchanged; the input file is never modified."""
+    from forgeml.data.pii import KINDS, scrub_file
+
+    chosen = [k.strip().upper() for k in kinds.split(",") if k.strip()] if kinds else list(KINDS)
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown:
+        raise ForgeError(f"--kinds: {', '.join(unknown)} not among {', '.join(KINDS)}")
+    written, rows, changed, counts = scrub_file(file, column, out, chosen)
+    found = ", ".join(f"{counts[k]:,} {k}" for k in KINDS if k in counts) or "nothing found"
+    typer.echo(f"{file}: {rows:,} rows, {changed:,} changed in column {column!r}: {found}")
+    typer.echo(f"written: {written}")
 
 
 def _print_inspection(summary: dict[str, Any]) -> None:
@@ -323,6 +427,17 @@ def config_schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
+def _exit(code: int) -> None:
+    """Exit with ``code``. A process started by torchrun skips the interpreter's finalization: gloo's
+    worker threads can still hold tensors then, and destroying them during finalization aborts the
+    process ("terminate called without an active exception") after its work is done and written."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point of the ``forgeml`` command."""
     try:
@@ -332,7 +447,7 @@ def main() -> None:
             raise
         # one line, whatever the number of problems found (a config may have several)
         typer.echo("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()), err=True)
-        sys.exit(exc.exit_code)
+        _exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         code = 130
     except typer.Exit as exc:
@@ -346,4 +461,4 @@ def main() -> None:
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns Ctrl-C into exit code 130 without raising
         typer.echo("interrupted", err=True)
-    sys.exit(code if isinstance(code, int) else 0)
+    _exit(code if isinstance(code, int) else 0)

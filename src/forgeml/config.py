@@ -103,6 +103,46 @@ class EarlyStopping(Section):
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as an improvement.")
 
 
+class AdversarialTraining(Section):
+    """Train on adversarial examples crafted against the current weights (Madry et al. 2018): the
+    model learns to resist the attack. Images are perturbed in pixel space (ε in [0, 1] pixel units),
+    tables in standardised inputs, texts in the token embedding (see forgeml attack)."""
+
+    method: Literal["fgsm", "pgd"] = Field(
+        "pgd", description="pgd: `steps` projected gradient steps (strong, steps+1 times the cost); fgsm: one step (cheap; use random_start)."
+    )
+    eps: float = Field(gt=0, description="Radius of the perturbation (MNIST pixels in [0, 1]: 0.3 is the usual benchmark).")
+    norm: Literal["linf", "l2"] = Field("linf", description="The norm ε is measured in.")
+    steps: int = Field(7, ge=1, description="PGD steps per batch.")
+    alpha: Optional[float] = Field(None, gt=0, description="Step size; null: 2.5 ε / steps for pgd, 1.25 ε for fgsm after a random start.")
+    random_start: bool = Field(True, description="Start each attack from a random point of the ε-ball (keeps FGSM training from collapsing).")
+    ratio: float = Field(1.0, gt=0, le=1, description="Share of each batch replaced by its adversarial examples; the rest stays clean.")
+    eps_warmup: int = Field(0, ge=0, description="Optimizer steps over which ε (and the step size) grow linearly from 0 to eps; 0: full ε from the start.")
+
+
+class PrivacyConfig(Section):
+    """Differentially private training with DP-SGD (Opacus): per-example gradients clipped to
+    max_grad_norm, Gaussian noise added, batches drawn by Poisson sampling, the ε spent logged."""
+
+    target_epsilon: Optional[float] = Field(
+        None, gt=0, description="The privacy budget ε for the whole run: the noise is the least that stays within it (give this or noise_multiplier)."
+    )
+    noise_multiplier: Optional[float] = Field(
+        None, gt=0, description="Noise standard deviation over max_grad_norm, fixed; the ε it spends is reported (give this or target_epsilon)."
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="δ of (ε, δ)-DP: keep it below 1 / training rows.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Each example's gradient is clipped to this L2 norm.")
+    fix_layers: bool = Field(
+        False, description="Replace layers DP-SGD cannot train (BatchNorm -> GroupNorm, LSTM -> DPLSTM, ...) instead of stopping with an error."
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "PrivacyConfig":
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give exactly one of target_epsilon (the budget, e.g. 8) and noise_multiplier")
+        return self
+
+
 class TrainConfig(Section):
     """The training loop: optimisation, schedule, precision, evaluation and checkpoints."""
 
@@ -143,6 +183,8 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the model for training steps: faster on GPUs once compiled; the first steps wait for the compiler.")
     tf32: bool = Field(True, description="CUDA: let fp32 matrix multiplies use TensorFloat-32 (much faster on Ampere and later, ~3 digits of mantissa).")
     eval_batch_size: int = Field(512, ge=1, description="Batch size for evaluation and prediction.")
+    adversarial: Optional[AdversarialTraining] = Field(None, description="Adversarial training (classification); null: clean examples only.")
+    privacy: Optional[PrivacyConfig] = Field(None, description="Differentially private training (DP-SGD); null: ordinary training.")
 
     @field_validator("device")
     @classmethod
@@ -343,6 +385,10 @@ def _choices(annotation: Any) -> list[str] | None:
     return None
 
 
+# errors of a value of the right type outside its bounds: said in pydantic's words, whatever the field's type
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of", "too_short", "too_long"}
+
+
 def format_validation_error(exc: ValidationError, origin: str = "config") -> str:
     """Turn a pydantic error into lines that name the YAML path and what is allowed."""
     lines = []
@@ -363,14 +409,14 @@ def format_validation_error(exc: ValidationError, origin: str = "config") -> str
             lines.append(f"{path}: unknown key; allowed keys here: {allowed}")
         elif kind == "missing":
             lines.append(f"{path}: required, but missing")
-        elif typing.get_origin(annotation) is Union:
+        elif kind == "value_error":  # a validator's own message (before the union case: Optional fields have validators too)
+            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+        elif typing.get_origin(annotation) is Union and kind not in _BOUNDS:  # a value of none of the types
             options = [_describe(m) for m in typing.get_args(annotation)]
             lines.append(f"{path}: {err['input']!r} is not valid; expected {' or '.join(options)}")
         elif kind in ("literal_error", "enum") or (kind.endswith("_type") and _choices(annotation)):
             choices = _choices(annotation) or []
             lines.append(f"{path}: {err['input']!r} is not one of: {', '.join(choices)}")
-        elif kind == "value_error":
-            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{path}: {err['msg']} (got {err['input']!r})")
     return "\n".join(f"{origin}: {line}" for line in dict.fromkeys(lines))

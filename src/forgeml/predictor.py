@@ -29,6 +29,7 @@ from forgeml.registry import MODELS
 from forgeml.run import RunDir
 from forgeml.training.checkpoint import load_state_dict_tensors
 from forgeml.training.loop import LANGUAGE_MODELLING, batched_outputs, resolve_device
+from forgeml.training.privacy import check_layers
 
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
 
@@ -257,6 +258,8 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
     features: Any = Corpus.from_state(state, read) if state.get("task") == LANGUAGE_MODELLING else Features.from_state(state, read)
     torch_device = resolve_device(device)
     model = MODELS.build(config.model, inputs=features.input_spec, num_outputs=features.num_outputs)
+    if config.train.privacy is not None and config.train.privacy.fix_layers:  # trained with DP-SGD's replacement layers
+        model = check_layers(model, fix=True)
     resolved = getattr(model, "resolved", None)  # a pretrained base: the weights the run stored are trained on it
     if resolved is not None and (run / BASE_MODEL).is_file() and identity(resolved) != run.read_json(BASE_MODEL):
         raise RunDirError(

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from forgeml.errors import RunDirError
+from forgeml.files import DIR_MODE, atomic_write, fsync_dir
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
@@ -36,46 +37,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_current_umask()  # what a plain open() would give; mkstemp's 0600 is not
-_DIR_MODE = 0o777 & ~_current_umask()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -210,7 +171,7 @@ class RunDir:
         root.mkdir(exist_ok=True)
         name = f"step-{step:06d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        os.chmod(tmp, _DIR_MODE)  # mkdtemp's 0700 is not what a plain mkdir gives
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 is not what a plain mkdir gives
         try:
             for filename, data in files.items():
                 atomic_write(tmp / filename, data)
@@ -222,7 +183,7 @@ class RunDir:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(root)
+        fsync_dir(root)
         atomic_write(root / LATEST, (name + "\n").encode())
         for old in self.checkpoint_names()[keep:]:
             shutil.rmtree(root / old, ignore_errors=True)

@@ -9,12 +9,14 @@ from typing import Any
 import torch
 from helpers import tiny_config
 
+from forgeml.adversarial import Adversary, input_space
 from forgeml.config import load_config
 from forgeml.data.augment import Augmenter
-from forgeml.data.batches import InMemoryBatches
+from forgeml.data.batches import InMemoryBatches, PoissonBatches
 from forgeml.inputs import InputSpec
 from forgeml.registry import MODELS
 from forgeml.training.loop import FitResult, fit, seed_everything
+from forgeml.training.privacy import Privacy, check_layers
 
 CPU = torch.device("cpu")
 MLP = {"type": "mlp", "hidden": [32]}
@@ -62,7 +64,18 @@ def run_fit(
     net = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=10)
     augmenter = augmenter_class(cfg.data.augment, data.inputs, 10, "classification", cfg.seed, CPU) if cfg.data.augment else None
     batch_size = None if cfg.train.batch_size == "full" else cfg.train.batch_size
-    batches = InMemoryBatches(data.train, batch_size, shuffle=batch_size is not None, seed=cfg.seed)
+    privacy = None
+    if cfg.train.privacy is not None:  # as the job does: Poisson batches, layers checked, DP-SGD in the loop
+        batches: Any = PoissonBatches(data.train, batch_size or len(data.train[1]), seed=cfg.seed)
+        privacy = Privacy(cfg.train.privacy, batches.sample_rate, batches.batch_size)
+        net = check_layers(net, cfg.train.privacy.fix_layers)
+    else:
+        batches = InMemoryBatches(data.train, batch_size, shuffle=batch_size is not None, seed=cfg.seed)
+    adversarial = cfg.train.adversarial
+    adversary = None
+    if adversarial is not None:  # pixels in the model's own units here: what matters is that it runs as the job runs it
+        space = input_space(net, data.inputs, data.train[0])
+        adversary = Adversary(net, space, adversarial.method, adversarial.eps, adversarial.norm, adversarial.steps, adversarial.alpha)
     checkpoints: dict[int, dict[str, bytes]] = {}
     logs: list[dict[str, Any]] = []
     result = fit(
@@ -77,6 +90,8 @@ def run_fit(
         resume_files=resume_files,
         log=logs.append,
         augment=augmenter,
+        adversary=adversary,
+        privacy=privacy,
     )
     return Outcome(net, result, checkpoints, logs, augmenter)
 

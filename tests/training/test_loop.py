@@ -244,6 +244,18 @@ RESUME_CASES = {
         {"epochs": 2, "grad_accum": 2, "checkpoint_every": 5, "schedule": "cosine", "warmup_steps": 3, "eval_every": 4},
         [5, 15],
     ),
+    # PGD's random starts draw from torch's generator, which the checkpoint restores
+    "pgd-adversarial": (
+        {"type": "mlp", "hidden": [16], "dropout": 0.2},
+        {"epochs": 1, "max_steps": 12, "checkpoint_every": 5, "adversarial": {"eps": 0.2, "steps": 2, "ratio": 0.5, "eps_warmup": 8}},
+        [5],
+    ),
+    # DP-SGD: Poisson batches replayed from the sampling generator, noise from torch's generator
+    "dp-sgd": (
+        {"type": "mlp", "hidden": [16], "dropout": 0.2},
+        {"epochs": 2, "checkpoint_every": 9, "optimizer": "sgd", "momentum": 0.5, "privacy": {"noise_multiplier": 1.0}},
+        [9, 27],
+    ),
 }
 
 

@@ -74,3 +74,43 @@ class InMemoryBatches:
         for batch in range(start_batch, len(self)):
             index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield tuple(t.index_select(0, index) for t in self.tensors)
+
+
+class PoissonBatches:
+    """Batches for differentially private training: each step takes every row independently with
+    probability ``sample_rate`` (Poisson sampling, which the DP-SGD privacy accounting assumes), so
+    batch sizes vary around ``batch_size``. An epoch is ``ceil(rows / batch_size)`` steps.
+
+    The draws come from one ``torch.Generator``: resuming at ``start_batch`` replays the epoch's
+    earlier draws from the generator state at its start, as ``InMemoryBatches`` does. A draw of no
+    row at all (probability ``(1 - q) ** rows``: e^-64 for an expected batch of 64) is drawn again,
+    since the loop needs at least one example per step.
+
+    Args:
+        tensors: e.g. (inputs, targets), all with the same number of rows.
+        batch_size: the expected rows per batch.
+        seed: seeds the sampling generator.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int = 0):
+        sizes = {t.shape[0] for t in tensors}
+        if len(sizes) != 1:
+            raise ValueError(f"tensors have different numbers of rows: {sorted(sizes)}")
+        self.tensors = tensors
+        self.num_rows = sizes.pop()
+        self.batch_size = min(batch_size, self.num_rows)
+        self.sample_rate = self.batch_size / self.num_rows
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def epoch(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Batches of one epoch, from ``start_batch`` on (see the class docstring)."""
+        device = self.tensors[0].device
+        for batch in range(len(self)):
+            index = torch.zeros(0, dtype=torch.int64)
+            while len(index) == 0:
+                index = (torch.rand(self.num_rows, generator=self.generator) < self.sample_rate).nonzero().squeeze(1)
+            if batch >= start_batch:
+                yield tuple(t.index_select(0, index.to(device)) for t in self.tensors)

@@ -374,6 +374,11 @@ class TextConfig(Section):
     max_length: Optional[int] = Field(
         None, ge=1, description="Tokens kept per text (longer texts are truncated, shorter padded); null: enough for 99% of training texts."
     )
+    scrub_pii: bool = Field(
+        False,
+        description="Replace e-mail addresses, URLs, IP addresses, IBANs, payment cards, phone numbers and long ID-like digit runs "
+        "with [EMAIL], [URL], [IP], [IBAN], [CARD], [PHONE], [ID] before tokenizing, in training and prediction alike.",
+    )
 
 
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1: models read ids == 0 as padding, augmentation writes 1 for a dropped token
@@ -393,6 +398,7 @@ class TextFeature:
     def __init__(self, cfg: TextConfig):
         self.cfg = cfg
         self.tokenizer: Any = None
+        self.pii_found: dict[str, int] = {}  # scrub_pii: what the last parse replaced, per kind
 
     @property
     def max_length(self) -> int:
@@ -416,6 +422,13 @@ class TextFeature:
             if not text.strip():
                 bad[i], reasons[i] = True, "missing text"
             values[i] = text
+        if self.cfg.scrub_pii:
+            from forgeml.data.pii import add_counts, scrub
+
+            self.pii_found = {}
+            for i, text in enumerate(values):
+                values[i], found = scrub(text)
+                add_counts(self.pii_found, found)
         return Parsed(values, bad, reasons)
 
     def _new_tokenizer(self) -> Any:
@@ -493,7 +506,10 @@ class TextFeature:
         return InputSpec("tokens", (self.max_length,), vocab_size=self.vocab_size, pad_id=self.pad_id, unk_id=unk_id, special_ids=tuple(special))
 
     def state(self) -> dict[str, Any]:
-        return {"tokenizer": self.FILE, "vocab_size": self.vocab_size, "max_length": self.max_length}
+        state = {"tokenizer": self.FILE, "vocab_size": self.vocab_size, "max_length": self.max_length}
+        if self.cfg.scrub_pii:  # what was replaced in the rows the run read, all splits together
+            state["pii_scrubbed"] = dict(sorted(self.pii_found.items()))
+        return state
 
     def files(self) -> dict[str, bytes]:
         return {self.FILE: self.tokenizer.to_str(pretty=True).encode()}
@@ -628,6 +644,12 @@ class Features:
     @property
     def columns(self) -> list[str]:
         return [f.cfg.name for f in self.inputs]
+
+    @property
+    def image_normalisation(self) -> tuple[list[float], list[float]] | None:
+        """An image input's per-channel (mean, std): the model reads (pixels - mean) / std; else None."""
+        first = self.inputs[0]
+        return (list(first.mean), list(first.std)) if first.kind == "image" else None
 
     # -- parse / fit / transform
 

@@ -16,16 +16,17 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from safetensors.torch import save as save_tensors
 
+from forgeml.adversarial import Adversary, InputSpace, input_space
 from forgeml.config import config_to_dict, dump_config, load_config
 from forgeml.data.augment import Augmenter
-from forgeml.data.batches import InMemoryBatches
+from forgeml.data.batches import InMemoryBatches, PoissonBatches
 from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, WindowBatches, evaluation_windows
 from forgeml.data.dataset import SPLITS, load_dataset
 from forgeml.errors import ConfigError, RunDirError
@@ -38,6 +39,7 @@ from forgeml.run import RunDir
 from forgeml.training import distributed
 from forgeml.training.callbacks import Progress
 from forgeml.training.checkpoint import state_dict_tensors
+from forgeml.training.privacy import Privacy, check_layers
 from forgeml.training.loop import (
     LANGUAGE_MODELLING,
     batched_outputs,
@@ -205,6 +207,7 @@ class Prepared:
     decode: Callable[[Any], Any] | None = None
     skipped_rows: int = 0
     summary: Callable[[dict[str, Any]], str] = lambda metrics: ""
+    attack_space: Callable[[torch.nn.Module], InputSpace] | None = None  # where train.adversarial perturbs inputs (rows only)
 
 
 def _save_data_state(run: RunDir, state: dict[str, Any], files: dict[str, bytes], resuming: bool, write: bool = True) -> None:
@@ -259,17 +262,33 @@ def _prepare_rows(run: RunDir, cfg: Any, process: distributed.DistInfo, resuming
         task=features.task,
         inputs=features.input_spec,
         num_outputs=features.num_outputs,
-        batches=InMemoryBatches(
-            (train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed, rank=process.rank, world_size=process.world_size
+        batches=(
+            # DP-SGD's accounting assumes each example joins each step independently (Poisson sampling)
+            PoissonBatches((train_x, train_y), batch_size or len(train_y), seed=cfg.seed)
+            if cfg.train.privacy is not None
+            else InMemoryBatches(
+                (train_x, train_y), batch_size, shuffle=batch_size is not None, seed=cfg.seed, rank=process.rank, world_size=process.world_size
+            )
         ),
         validation=tuple(t.to(device) for t in tensors["validation"]) if "validation" in tensors else None,  # type: ignore[arg-type]
-        description=dataset.description,
+        description=dataset.description + _scrubbed(features),
         sizes=", ".join(f"{n} {len(t):,}" for n, t in tables.items()) + " rows",
         final_metrics=final_metrics,
         decode=decode,
         skipped_rows=sum(dataset.skipped.values()),
         summary=summary,
+        attack_space=lambda model: input_space(model, features.input_spec, train_x, features.image_normalisation).to(device),
     )
+
+
+def _scrubbed(features: Any) -> str:
+    """What scrub_pii replaced in each text column, for the first line of the training log."""
+    parts = []
+    for feature in features.inputs:
+        if getattr(feature.cfg, "scrub_pii", False):
+            found = ", ".join(f"{count:,} {kind}" for kind, count in sorted(feature.pii_found.items())) or "none found"
+            parts.append(f"; personal data scrubbed from {feature.cfg.name!r}: {found}")
+    return "".join(parts)
 
 
 def _prepare_corpus(run: RunDir, cfg: Any, process: distributed.DistInfo, resuming: bool) -> Prepared:
@@ -369,6 +388,25 @@ def _throughput_log(
     return log
 
 
+def _privacy(cfg: Any, data: Prepared, process: distributed.DistInfo) -> Privacy | None:
+    """DP-SGD for the run when train.privacy asks for it; what it cannot be combined with is refused here."""
+    settings = cfg.train.privacy
+    if settings is None:
+        return None
+    refused = [
+        (data.task == LANGUAGE_MODELLING, "language modelling (data.corpus)"),
+        (process.distributed, "several processes (--nproc)"),
+        (cfg.train.grad_accum > 1, "train.grad_accum > 1"),
+        (cfg.train.grad_clip is not None, "train.grad_clip (DP-SGD clips each example's gradient to max_grad_norm instead)"),
+        (cfg.train.adversarial is not None, "train.adversarial"),
+    ]
+    for applies, what in refused:
+        if applies:
+            raise ConfigError(f"train.privacy: DP-SGD cannot be combined with {what}")
+    batches = data.batches
+    return Privacy(settings, batches.sample_rate, batches.batch_size)
+
+
 def _train_in(
     run: RunDir,
     cfg: Any,
@@ -388,6 +426,9 @@ def _train_in(
     # -- model
     seed_everything(cfg.seed)  # the same initial weights on every rank
     model = MODELS.build(cfg.model, inputs=data.inputs, num_outputs=data.num_outputs).to(device)
+    privacy = _privacy(cfg, data, process)
+    if privacy is not None:  # a layer DP-SGD cannot train stops the run here, before any step, or is replaced
+        model = check_layers(model, cfg.train.privacy.fix_layers)
     parameters = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # fewer when frozen or LoRA
     resolved = getattr(model, "resolved", None)
@@ -402,6 +443,16 @@ def _train_in(
     augment = (
         Augmenter(cfg.data.augment, data.inputs, data.num_outputs, data.task, cfg.seed + process.rank, device) if cfg.data.augment else None
     )
+
+    adversary = None
+    adversarial = cfg.train.adversarial
+    if adversarial is not None:
+        if data.task != "classification" or data.attack_space is None:
+            raise ConfigError(f"train.adversarial: adversarial training is for classifiers; this run's task is {data.task}")
+        adversary = Adversary(
+            model, data.attack_space(model), adversarial.method, adversarial.eps, adversarial.norm, adversarial.steps,
+            adversarial.alpha, adversarial.random_start,
+        )
 
     processes = f" x {process.world_size} processes" if process.distributed else ""
     size = f"{parameters:,} parameters" if trainable == parameters else f"{trainable:,} of {parameters:,} parameters trainable"
@@ -430,6 +481,8 @@ def _train_in(
         log=_throughput_log(run.append_history, model, cfg.model, device) if main else None,
         progress=progress,
         augment=augment,
+        adversary=adversary,
+        privacy=privacy,
     )
 
     # -- final weights and metrics on every split (under FSDP2 both take every rank: the layers are spread over them)
@@ -466,6 +519,8 @@ def _train_in(
             "command": command if command is not None else list(sys.argv),
         },
     }
+    if privacy is not None:
+        summary["privacy"] = asdict(privacy.report(result.state.step))
     run.write_json("metrics.json", summary)
     run.write_manifest()
     if (run / TOKENS_DIR).is_dir():  # the token files are artifacts of the run too

@@ -2,7 +2,7 @@
 
     for each optimizer step:
         set the learning rate from the schedule
-        forward / backward over grad_accum micro-batches (augmented when asked; under autocast when asked)
+        forward / backward over grad_accum micro-batches (augmented, or adversarial, when asked; under autocast when asked)
         clip, step, zero the gradients
         log; evaluate on validation; keep the best weights; stop early; checkpoint
 
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from forgeml.adversarial import Adversary
 from forgeml.config import TrainConfig
 from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
@@ -42,6 +43,7 @@ from forgeml.metrics import lower_is_better, score
 from forgeml.training import checkpoint, distributed
 from forgeml.training.callbacks import Progress
 from forgeml.training.optim import build_optimizer, lr_at
+from forgeml.training.privacy import Privacy
 
 # --------------------------------------------------------------------------------------------------
 # device and precision
@@ -205,6 +207,8 @@ def fit(
     log: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     augment: Augmenter | None = None,
+    adversary: Adversary | None = None,
+    privacy: Privacy | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``batches`` (tensors already on ``device``).
 
@@ -223,6 +227,10 @@ def fit(
         progress: a progress display.
         augment: applied to each training micro-batch (never to validation); its generator state is
             checkpointed with the others.
+        adversary: with ``cfg.adversarial``, crafts the adversarial examples that replace a share of
+            each (augmented) training micro-batch; its random starts draw from torch's generator.
+        privacy: DP-SGD (``cfg.privacy``): per-example gradients are clipped and noised at each step
+            (the noise draws from torch's generator), and every log record holds the ε spent.
 
     Returns:
         The final loop state; the model holds the final (or best, with keep_best) weights.
@@ -277,6 +285,10 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     if resume_files is not None:
         checkpoint.load_optimizer_state(model, optimizer, resumed.optimizer)
+    if privacy is not None:  # the wrapper clips and noises per-example gradients before the optimizer's step
+        optimizer = privacy.attach(model, optimizer, total_steps)
+        if progress is not None:
+            progress.message(privacy.describe(total_steps))
     train_model: nn.Module = model
     if world > 1 and not sharded:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -347,7 +359,13 @@ def fit(
                     model.set_requires_gradient_sync(last)  # type: ignore[operator]
                 with train_model.no_sync() if world > 1 and not sharded and not last else nullcontext():  # type: ignore[operator]
                     with autocast(device, cfg.precision):
-                        outputs = forward(inputs)
+                        if adversary is not None and cfg.adversarial is not None:
+                            # ε grows linearly over eps_warmup steps: a fresh model cannot fit at the full radius
+                            ramp = cfg.adversarial.eps_warmup
+                            strength = min(1.0, (state.step + 1) / ramp) if ramp else 1.0
+                            outputs = adversary.training_outputs(forward, inputs, targets, cfg.adversarial.ratio, strength)
+                        else:
+                            outputs = forward(inputs)
                     loss = compute_loss(outputs, targets, task, cfg.label_smoothing)
                     if len(micro) > 1:  # a mean over the accumulated micro-batches
                         loss = loss / len(micro)
@@ -376,7 +394,8 @@ def fit(
                 mean_loss = distributed.all_reduce_mean(running_loss).item() / state.steps_since_log
                 rate = state.samples_since_log / max(now - last_log_time, 1e-9)
                 if log is not None:
-                    log({"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate})
+                    record = {"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate}
+                    log(record | ({"epsilon": privacy.epsilon(state.step)} if privacy is not None else {}))
                 if progress is not None:
                     progress.update(state.step, epoch=max(1, state.epoch + (state.batch_in_epoch > 0)), loss=mean_loss, rate=rate)
                 running_loss.zero_()
