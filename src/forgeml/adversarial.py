@@ -313,3 +313,13 @@ class Adversary:
         if attacked < inputs.shape[0]:
             delta = torch.cat([delta, torch.zeros_like(self._raw(inputs[attacked:]))])
         return self.outputs(forward, inputs, delta)
+
+    def robust_accuracy(self, inputs: Tensor, targets: Tensor, batch_size: int) -> float:
+        """The share of examples still classified as ``targets`` after the attack, batch by batch."""
+        correct = 0
+        for start in range(0, inputs.shape[0], batch_size):
+            batch, batch_targets = inputs[start : start + batch_size], targets[start : start + batch_size]
+            delta = self.attack(batch, batch_targets)
+            with torch.no_grad(), _attack_mode(self.model):
+                correct += int((self.outputs(self.model, batch, delta).argmax(dim=-1) == batch_targets).sum())
+        return correct / max(1, inputs.shape[0])

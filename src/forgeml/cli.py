@@ -254,6 +254,46 @@ def attack(
 
 
 @app.command()
+def explain(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a classifier."),
+    inputs: Optional[List[Path]] = typer.Argument(None, metavar="INPUT...", help="Image files, or a CSV / JSON Lines / Parquet file of rows."),
+    method: str = typer.Option("ig", "--method", metavar="METHOD", help="ig, saliency, gradcam, occlusion, shap or lime."),
+    label: Optional[str] = typer.Option(None, "--target", metavar="LABEL", help="The class to explain (default: the predicted one)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Folder for the pictures and JSON (default: RUN/explanations)."),
+    faithful: bool = typer.Option(False, "--faithfulness", help="Measure each method's deletion curve against random order instead."),
+    limit: int = typer.Option(200, "--n", min=1, metavar="N", help="--faithfulness: test examples measured."),
+    methods: Optional[str] = typer.Option(None, "--methods", metavar="M1,M2", help="--faithfulness: the methods (default: all that apply)."),
+) -> None:
+    """Why did the model decide this? Attributions (Captum) drawn as a heat map over an image, an
+    HTML page of highlighted tokens for a text, or a bar chart of the columns of a table row, each
+    with a JSON file of the raw numbers. --faithfulness checks the methods themselves: removing the
+    most-attributed features first should make the prediction fall faster than removing them at random."""
+    if faithful:
+        from forgeml.explanation import faithfulness
+
+        chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+        result = faithfulness(run, chosen, limit)
+        typer.echo(f"{run}: deletion curves on {result.rows} {result.split} examples, {result.steps} steps (a smaller area is more faithful)")
+        typer.echo(f"  {'method':<10} {'area':>8} {'random':>8} {'gain':>8} {'± 2 s.e.':>9}")
+        for curve in result.curves:
+            verdict = "better than random" if curve.better_than_random else "FLAGGED: no better than random"
+            typer.echo(
+                f"  {curve.method:<10} {curve.auc:8.4f} {curve.random_auc:8.4f} {curve.improvement:8.4f} {2 * curve.standard_error:9.4f}  {verdict}"
+            )
+        typer.echo(f"written: {Path(run) / 'explain.json'}, {', '.join(str(Path(run) / f) for f in result.files)}")
+        return
+    if not inputs:
+        raise ForgeError("give inputs to explain (image files, or a CSV / JSON Lines file), or --faithfulness")
+    from forgeml.explanation import run as run_explain
+
+    result = run_explain(run, [str(p) for p in inputs], method, label, out)
+    for entry in result.inputs:
+        top = ", ".join(f"{name} {score:+.3g}" for name, score in entry.top[:5])
+        typer.echo(f"{entry.input}: {entry.target} (p {entry.probability:.3f}); strongest: {top}")
+        typer.echo(f"  written: {', '.join(entry.files)}")
+
+
+@app.command()
 def audit(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
     membership: bool = typer.Option(True, "--membership/--no-membership", help="The loss-threshold membership-inference attack."),

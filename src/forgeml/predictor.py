@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from forgeml.attribution import AttributionSpace, attribute, per_feature
 from forgeml.config import validate_config
 from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, evaluation_windows
 from forgeml.data.dataset import load_dataset
@@ -149,6 +150,91 @@ class Predictor:
     def generate(self, prompt: str, max_new_tokens: int = 200, **sampling: Any) -> str:
         """The continuation of ``prompt`` (see ``generate_stream`` for the options)."""
         return "".join(self.generate_stream(prompt, max_new_tokens, **sampling))
+
+    # -- attributions
+
+    @functools.cached_property
+    def attribution_space(self) -> AttributionSpace:
+        """What attributions are computed over and what "absent" means (see ``forgeml.attribution``)."""
+        spec = self.features.input_spec
+        if spec.kind == "tokens":
+            replacement = spec.unk_id if spec.unk_id is not None else spec.pad_id
+            return AttributionSpace(spec, replacement_id=replacement, keep_ids=(spec.pad_id, *spec.special_ids))
+        if spec.kind == "image":
+            mean, std = self.features.image_normalisation or ([0.0], [1.0])
+            black = (0 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+            return AttributionSpace(spec, baseline=black.expand(1, *spec.shape).clone(), train_sample=self._train_sample())
+        # tables and windows: "absent" is the training split's average example
+        train = self._train_sample(limit=None)
+        groups, first = [], 0
+        for feature in self.features.inputs if spec.kind == "vector" else []:
+            groups.append((feature.cfg.name, first, first + feature.width))
+            first += feature.width
+        return AttributionSpace(spec, baseline=train.mean(dim=0, keepdim=True), groups=groups, train_sample=train[:16])
+
+    def _train_sample(self, limit: int | None = 16) -> torch.Tensor:
+        inputs = self.split("train")[0]
+        if limit is None or len(inputs) <= limit:
+            return inputs
+        return inputs[torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:limit]]
+
+    def feature_names(self, encoded: torch.Tensor) -> list[list[str]]:
+        """The names of the features ``per_feature`` scores, for each encoded example: its tokens
+        (texts), the input columns (tables), "t-K" time steps (windows) or "row,column" pixels (images)."""
+        spec = self.features.input_spec
+        if spec.kind == "tokens":
+            tokenizer = self.features.inputs[0].tokenizer
+            return [[tokenizer.id_to_token(int(i)) or "" for i in row] for row in encoded]
+        if spec.kind == "vector":
+            return [[name for name, _, _ in self.attribution_space.groups]] * len(encoded)
+        if spec.kind == "sequence":
+            return [[f"t-{spec.shape[0] - step}" for step in range(spec.shape[0])]] * len(encoded)
+        return [[f"{r},{c}" for r in range(spec.shape[1]) for c in range(spec.shape[2])]] * len(encoded)
+
+    def explain(self, inputs: Any, method: str = "ig", target: str | None = None) -> list[dict[str, Any]]:
+        """Attributions for raw inputs (as ``predict`` takes them): how much each pixel, column or
+        token pushed the model toward ``target`` (default: the predicted class).
+
+        Returns:
+            One dict per input: ``label`` (predicted), ``target`` (the class explained) and its
+            ``probability``, ``names`` and ``scores`` (one per feature a person reads, see
+            ``attribution.per_feature``), and ``attributions`` (the raw tensor, the model input's shape
+            or one per token).
+
+        Raises:
+            ForgeError: not a classifier, an unknown class or method.
+        """
+        if self.task != "classification":
+            raise DataError(f"{self.run.path} is a {self.task} model; explanations are for classifiers")
+        parsed = self.parse(self.to_table(inputs))
+        encoded = self.features.transform_inputs(parsed)
+        return self.explain_encoded(encoded, method, target)
+
+    def explain_encoded(self, encoded: torch.Tensor, method: str = "ig", target: str | None = None) -> list[dict[str, Any]]:
+        """``explain`` for inputs already encoded (a batch in the model's input space)."""
+        probabilities = self.probabilities(encoded)
+        predicted = probabilities.argmax(dim=-1)
+        if target is not None and target not in self.label_names:
+            raise DataError(f"--target: {target!r} is not a class of this model ({', '.join(self.label_names[:20])})")
+        targets = torch.full_like(predicted, self.label_names.index(target)) if target is not None else predicted
+        space = self.attribution_space
+        raw = torch.cat([
+            attribute(self.model, space, encoded[start : start + 64].to(self.device), targets[start : start + 64].to(self.device), method).cpu()
+            for start in range(0, len(encoded), 64)
+        ])
+        scores = per_feature(space, raw)
+        names = self.feature_names(encoded)
+        return [
+            {
+                "label": self.label_names[int(predicted[i])],
+                "target": self.label_names[int(targets[i])],
+                "probability": float(probabilities[i, targets[i]]),
+                "names": names[i],
+                "scores": scores[i],
+                "attributions": raw[i],
+            }
+            for i in range(len(encoded))
+        ]
 
     # -- raw inputs in, readable predictions out
 

@@ -15,6 +15,7 @@ from .support import TrainedRun, assert_user_error, describe, forge, in_parallel
 from .test_text_series_cli import write_reviews
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SEVEN = Path(__file__).resolve().parents[2] / "examples" / "data" / "digits" / "seven.png"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,9 @@ def calls(digits_run: TrainedRun, text_run: Path, tmp_path_factory: pytest.TempP
             "bad_method": lambda: forge("attack", run, "--method", "cw"),
             "bad_eps": lambda: forge("attack", run, "--eps", "-0.1"),
             "scrub": lambda: forge("data", "scrub", notes, "--column", "text"),
+            "explain": lambda: forge("explain", run, SEVEN, "--method", "saliency", "--target", "7"),
+            "faithfulness": lambda: forge("explain", run, "--faithfulness", "--n", "30", "--methods", "ig,saliency"),
+            "explain_nothing": lambda: forge("explain", run),
             "scrub_bad_kind": lambda: forge("data", "scrub", notes, "--column", "text", "--kinds", "email,name"),
         }
     )
@@ -106,3 +110,23 @@ def test_data_scrub_writes_a_scrubbed_copy_and_counts(calls: dict[str, Any]):
     scrubbed = calls["notes"].with_name("notes.scrubbed.csv")
     assert scrubbed.read_text() == 'id,text\n1,"write to [EMAIL], or call [PHONE]"\n2,version 1.2.3 costs $4.99\n'
     assert_user_error(calls["scrub_bad_kind"], "--kinds", "NAME")
+
+
+def test_explain_prints_the_strongest_pixels_and_writes_the_files(calls: dict[str, Any], digits_run: TrainedRun):
+    result = calls["explain"]
+    assert result.returncode == 0, describe(result)
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith(f"{SEVEN}: 7 (p ") and "strongest: " in first
+    png = digits_run.path / "explanations" / "000_seven_png_saliency.png"
+    assert second == f"  written: {png.with_suffix('.json')}, {png}" and png.read_bytes()[:8] == PNG
+    assert read_json(digits_run.path / "explain.json")["saliency"]["inputs"][0]["target"] == "7"
+
+
+def test_explain_faithfulness_prints_a_verdict_per_method(calls: dict[str, Any], digits_run: TrainedRun):
+    result = calls["faithfulness"]
+    assert result.returncode == 0, describe(result)
+    assert "deletion curves on 30 test examples, 20 steps" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.strip().startswith(("ig ", "saliency "))]
+    assert len(lines) == 2 and all("than random" in line for line in lines)
+    assert (digits_run.path / "explain_faithfulness.png").read_bytes()[:8] == PNG
+    assert_user_error(calls["explain_nothing"], "give inputs to explain")

@@ -241,6 +241,7 @@ def fit(
             "classification": ("accuracy", "precision_macro", "recall_macro", "f1_macro"),
             LANGUAGE_MODELLING: ("perplexity",),
         }.get(task, ("mse", "mae", "r2"))
+        known += ("robust_accuracy",) if adversary is not None else ()  # accuracy under the training attack
         if cfg.monitor not in known:
             raise ConfigError(f"train.monitor: {cfg.monitor!r} is not one of: loss, {', '.join(known)}")
     set_deterministic(cfg.deterministic)
@@ -303,7 +304,11 @@ def fit(
         if task == LANGUAGE_MODELLING:
             return language_model_metrics(model, validation[0], validation[1], cfg.eval_batch_size, device, cfg.precision)
         outputs = batched_outputs(model, validation[0], cfg.eval_batch_size, device, cfg.precision)
-        return task_metrics(outputs, validation[1].cpu(), task, num_outputs, decode_target)
+        metrics = task_metrics(outputs, validation[1].cpu(), task, num_outputs, decode_target)
+        if adversary is not None:  # robust accuracy overfits before clean accuracy does: it is what to keep the best of
+            with autocast(device, cfg.precision):
+                metrics["robust_accuracy"] = adversary.robust_accuracy(validation[0], validation[1], cfg.eval_batch_size)
+        return metrics
 
     def make_checkpoint() -> None:
         # every rank's dropout and augmentation generators differ: gather them all (a collective,
