@@ -128,14 +128,15 @@ def run(
     space = input_space(model, predictor.features.input_spec, train_inputs, predictor.features.image_normalisation).to(device)
     clean = predictor.outputs(inputs).argmax(dim=-1)
     points: list[RobustPoint] = []
-    strongest: Optional[torch.Tensor] = None
-    strongest_predictions: Optional[torch.Tensor] = None
+    # the pictured examples are spread over the split (a split in class order would otherwise show one class)
+    shown = torch.linspace(0, inputs.shape[0] - 1, min(EXAMPLES_SHOWN, inputs.shape[0])).round().long().unique()
+    shown_delta: dict[int, torch.Tensor] = {}
+    shown_predicted: dict[int, int] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for radius in radii:
             adversary = Adversary(model, space, method, radius, norm, steps, alpha, random_start=method == "pgd")  # type: ignore[arg-type]
             correct, largest = 0, 0.0
-            deltas, predictions = [], []
             for begin in range(0, inputs.shape[0], predictor.batch_size):
                 batch = inputs[begin : begin + predictor.batch_size].to(device)
                 batch_targets = targets[begin : begin + predictor.batch_size].to(device)
@@ -145,12 +146,10 @@ def run(
                 correct += int((predicted == batch_targets).sum())
                 size = delta.flatten(1).abs().amax(dim=1) if norm == "linf" else delta.flatten(1).norm(dim=1)
                 largest = max(largest, float(size.max()) / space.unit)
-                if radius == radii[-1] and space.kind == "pixels" and begin == 0:
-                    deltas.append(delta[:EXAMPLES_SHOWN].cpu())
-                    predictions.append(predicted[:EXAMPLES_SHOWN].cpu())
+                if radius == radii[-1] and space.kind == "pixels":
+                    for index in shown[(shown >= begin) & (shown < begin + len(batch))].tolist():
+                        shown_delta[index], shown_predicted[index] = delta[index - begin].cpu(), int(predicted[index - begin])
             points.append(RobustPoint(radius, correct / max(1, inputs.shape[0]), round(largest, 6)))
-            if deltas:
-                strongest, strongest_predictions = deltas[0], predictions[0]
     result = AttackResult(
         method=method,
         norm=norm,
@@ -168,12 +167,12 @@ def run(
         curve = f"attack_{result.key}.png"
         run_dir.write_bytes(curve, _curve_png(result))
         result.files.append(curve)
-        if strongest is not None and strongest_predictions is not None:
+        if shown_delta:
             pictures = f"attack_{result.key}_examples.png"
-            pixels = inputs[: strongest.shape[0]] * space.scale.cpu() + space.shift.cpu()  # type: ignore[union-attr]
-            run_dir.write_bytes(
-                pictures, _examples_png(pixels, strongest, clean[: strongest.shape[0]], strongest_predictions, targets, predictor.label_names, result)
-            )
+            pixels = inputs[shown] * space.scale.cpu() + space.shift.cpu()  # type: ignore[union-attr]
+            deltas = torch.stack([shown_delta[i] for i in shown.tolist()])
+            attacked = torch.tensor([shown_predicted[i] for i in shown.tolist()])
+            run_dir.write_bytes(pictures, _examples_png(pixels, deltas, clean[shown], attacked, targets[shown], predictor.label_names, result))
             result.files.append(pictures)
         result.seconds = round(time.perf_counter() - started, 3)  # the pictures included
         existing = run_dir.read_json(RESULT) if (run_dir / RESULT).is_file() else {}
