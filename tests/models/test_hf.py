@@ -233,3 +233,19 @@ def test_a_gguf_file_and_the_bundled_smollm2_resolve_offline(tmp_path):
     assert by_path.gguf_file == SMOLLM2_FILE and by_path.local_dir == smollm2.local_dir
     with pytest.raises(ConfigError, match="GGUF file .* does not exist"):
         resolve(str(tmp_path / "missing.gguf"))
+
+
+def test_attributions_and_attacks_go_through_the_input_embeddings(batch, lora_model):
+    from forgeml.adversarial import Adversary, input_space, token_embedding
+    from forgeml.attribution import AttributionSpace, attribute
+
+    ids, labels = batch[0][:2], batch[1][:2]
+    model = lora_model.eval()
+    embedding = token_embedding(model, MINILM.vocab_size)
+    assert embedding is model.network.get_input_embeddings()  # the word embeddings, under peft's wrapper too
+    space = AttributionSpace(MINILM, replacement_id=100, keep_ids=(0, 101, 102))  # BERT: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102
+    scores = attribute(model, space, ids, labels, "ig")
+    assert scores.shape == ids.shape and float(scores.abs().sum()) > 0
+    adversary = Adversary(model, input_space(model, MINILM), "pgd", 0.5, steps=2)
+    delta = adversary.attack(ids, labels)
+    assert delta.shape == (*ids.shape, HIDDEN) and float(delta.abs().max()) <= 0.5 * adversary.space.unit + 1e-5
