@@ -63,23 +63,17 @@ def robustness(runs: Path) -> list[str]:
 
 
 def explain(runs: Path) -> list[str]:
-    lines = []
     digits = runs / "mnist_cnn"
     if not (digits / "model.safetensors").is_file():
         digits, _, _ = train("mnist_cnn", runs)
-    result = faithfulness(digits, limit=200)
-    for curve in result.curves:
-        lines.append(
-            f"| mnist_cnn | {curve.method} | {curve.auc:.4f} | {curve.random_auc:.4f} | {curve.improvement:+.4f} ± {2 * curve.standard_error:.4f} | "
-            f"{'better than random' if curve.better_than_random else 'FLAGGED'} |"
-        )
     reviews, seconds, _ = train("sentiment_lstm", runs)
-    result = faithfulness(reviews, limit=200)
-    for curve in result.curves:
-        lines.append(
-            f"| sentiment_lstm ({seconds:.0f} s to train) | {curve.method} | {curve.auc:.4f} | {curve.random_auc:.4f} | "
-            f"{curve.improvement:+.4f} ± {2 * curve.standard_error:.4f} | {'better than random' if curve.better_than_random else 'FLAGGED'} |"
-        )
+    lines = []
+    for name, run_dir in (("mnist_cnn", digits), (f"sentiment_lstm ({seconds:.0f} s to train)", reviews)):
+        for curve in faithfulness(run_dir, limit=200).curves:
+            lines.append(
+                f"| {name} | {curve.method} | {curve.auc:.4f} | {curve.random_auc:.4f} | {curve.improvement:+.4f} ± {2 * curve.standard_error:.4f} | "
+                f"{'better than random' if curve.better_than_random else 'FLAGGED'} |"
+            )
     return lines
 
 

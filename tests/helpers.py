@@ -63,6 +63,38 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     )
 
 
+GOOD = ["great", "superb", "moving", "funny", "clever", "charming"]
+BAD = ["dull", "boring", "clumsy", "tedious", "flat", "lazy"]
+FILLER = ["the", "film", "was", "a", "story", "acting", "plot", "really", "quite", "and"]
+
+
+def write_reviews(path: Path, rows: int = 200, seed: int = 0) -> Path:
+    """Short synthetic reviews whose label is given by the one opinion word each contains."""
+    rng = np.random.default_rng(seed)
+    lines = ["text,label"]
+    for i in range(rows):
+        fresh = i % 2 == 0
+        words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
+        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(GOOD if fresh else BAD)))
+        lines.append(f"{' '.join(words)},{'fresh' if fresh else 'rotten'}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def review_classifier(csv: Path, model: dict[str, Any], **train: Any) -> dict[str, Any]:
+    """A config that classifies the reviews of ``write_reviews`` with ``model`` (a word tokenizer keeping every word)."""
+    return {
+        "data": {
+            "source": {"type": "csv", "path": str(csv)},
+            "features": [{"type": "text", "name": "text", "min_frequency": 1}],
+            "target": {"type": "category", "name": "label"},
+        },
+        "model": model,
+        "train": {"batch_size": 32, "lr": 0.01, **train},
+    }
+
+
+
 TINY_LM_TEXT = "the cat sat on the mat. the dog lay on the rug. a bird sang in the tree.\n"
 
 

@@ -17,7 +17,7 @@ import forgeml
 from helpers import TINY_LM_TEXT, make_tiny_causal_lm
 
 from .support import assert_user_error, describe, forge, in_parallel, json_lines, read_json, write_yaml
-from .test_text_series_cli import write_reviews
+from helpers import write_reviews  # tests/ is on sys.path (pyproject)
 
 
 @pytest.fixture(scope="module")

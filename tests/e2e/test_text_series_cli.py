@@ -19,25 +19,9 @@ from tokenizers import Tokenizer
 
 import forgeml
 
+from helpers import BAD, GOOD, write_reviews  # tests/ is on sys.path (pyproject)
+
 from .support import assert_user_error, describe, forge, in_parallel, json_lines, read_json, write_yaml
-
-GOOD = ["great", "superb", "moving", "funny", "clever", "charming"]
-BAD = ["dull", "boring", "clumsy", "tedious", "flat", "lazy"]
-FILLER = ["the", "film", "was", "a", "story", "acting", "plot", "really", "quite", "and"]
-
-
-def write_reviews(path: Path, rows: int = 200, seed: int = 0) -> Path:
-    """Short synthetic reviews whose label is given by the one opinion word each contains."""
-    rng = np.random.default_rng(seed)
-    lines = ["text,label"]
-    for i in range(rows):
-        fresh = i % 2 == 0
-        words = list(rng.choice(FILLER, size=int(rng.integers(3, 9))))
-        words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(GOOD if fresh else BAD)))
-        lines.append(f"{' '.join(words)},{'fresh' if fresh else 'rotten'}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def write_series(path: Path, rows: int) -> Path:
     """A noiseless sine wave with a period of 12 rows, one value per line."""

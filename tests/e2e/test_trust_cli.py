@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import review_classifier, write_reviews  # tests/ is on sys.path (pyproject)
 
 import forgeml
 
 from .support import TrainedRun, assert_user_error, describe, forge, in_parallel, read_json
-from .test_text_series_cli import write_reviews
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SEVEN = Path(__file__).resolve().parents[2] / "examples" / "data" / "digits" / "seven.png"
@@ -21,15 +21,7 @@ SEVEN = Path(__file__).resolve().parents[2] / "examples" / "data" / "digits" / "
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("text_attack")
-    config = {
-        "data": {
-            "source": {"type": "csv", "path": str(write_reviews(root / "reviews.csv", rows=120))},
-            "features": [{"type": "text", "name": "text", "min_frequency": 1}],
-            "target": {"type": "category", "name": "label"},
-        },
-        "model": {"type": "textcnn", "embedding_dim": 8, "kernels": [1], "filters": 4},
-        "train": {"epochs": 5, "batch_size": 32, "lr": 0.01},
-    }
+    config = review_classifier(write_reviews(root / "reviews.csv", rows=120), {"type": "textcnn", "embedding_dim": 8, "kernels": [1], "filters": 4}, epochs=5)
     return forgeml.train(config, out=root / "run", quiet=True).run_dir
 
 

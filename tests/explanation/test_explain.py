@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, tiny_config
+from helpers import REPO, review_classifier, tiny_config, write_reviews
 
 import forgeml
 from forgeml.attribution import METHODS, attribute
@@ -35,18 +35,8 @@ def table_run(tmp_path_factory: pytest.TempPathFactory, single_thread_torch: Non
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory: pytest.TempPathFactory, single_thread_torch: None) -> Path:
-    from e2e.test_text_series_cli import write_reviews
-
     root = tmp_path_factory.mktemp("text")
-    config = {
-        "data": {
-            "source": {"type": "csv", "path": str(write_reviews(root / "reviews.csv", rows=120))},
-            "features": [{"type": "text", "name": "text", "min_frequency": 1}],
-            "target": {"type": "category", "name": "label"},
-        },
-        "model": {"type": "rnn", "cell": "gru", "embedding_dim": 8, "hidden_size": 8},
-        "train": {"epochs": 10, "batch_size": 32, "lr": 0.01},
-    }
+    config = review_classifier(write_reviews(root / "reviews.csv", rows=120), {"type": "rnn", "cell": "gru", "embedding_dim": 8, "hidden_size": 8}, epochs=10)
     return forgeml.train(config, out=root / "run", quiet=True).run_dir
 
 

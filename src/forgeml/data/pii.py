@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from forgeml.data.sources import json_objects
 from forgeml.errors import DataError
 from forgeml.files import atomic_write
 
@@ -231,20 +232,12 @@ def scrub_file(path: str | Path, column: str, out: str | Path | None = None, kin
         count = len(rows)
     elif suffix in (".jsonl", ".ndjson"):
         lines = []
-        count = 0
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{source}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or column not in row:
-                raise DataError(f"{source}:{number}: no key {column!r}")
+        for number, row in json_objects(source):
+            if column not in row:
+                raise DataError(f"{source}, line {number}: no key {column!r}")
             row[column] = clean(row[column])
             lines.append(json.dumps(row, ensure_ascii=False))
-            count += 1
-        data = ("\n".join(lines) + "\n").encode("utf-8")
+        data, count = ("\n".join(lines) + "\n").encode("utf-8"), len(lines)
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq

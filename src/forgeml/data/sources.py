@@ -20,7 +20,7 @@ import csv
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Iterator, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -172,10 +172,13 @@ class JSONLConfig(FileSourceConfig):
     type: Literal["jsonl"] = Field(description="JSON Lines files.")
 
 
-def read_jsonl(path: str | Path) -> Table:
-    """Read a JSON Lines file (one object per line) into columns; errors name the file and line."""
+def json_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The (line number, object) of each non-blank line of a JSON Lines file.
+
+    Raises:
+        DataError: the file is missing, or a line is not a JSON object (naming the file and line).
+    """
     path = _existing_file(path)
-    rows, lines = [], []
     with path.open(encoding="utf-8-sig") as handle:
         for number, text in enumerate(handle, start=1):
             if not text.strip():
@@ -186,8 +189,16 @@ def read_jsonl(path: str | Path) -> Table:
                 raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {number}: expected a JSON object {{...}}, found {type(row).__name__}")
-            rows.append(row)
-            lines.append(number)
+            yield number, row
+
+
+def read_jsonl(path: str | Path) -> Table:
+    """Read a JSON Lines file (one object per line) into columns; errors name the file and line."""
+    path = _existing_file(path)
+    rows, lines = [], []
+    for number, row in json_objects(path):
+        rows.append(row)
+        lines.append(number)
     if not rows:
         raise DataError(f"{path}: no rows")
     names = list(dict.fromkeys(key for row in rows for key in row))  # every key, in first-seen order
