@@ -311,7 +311,7 @@ class Adversary:
             return forward(inputs)
         delta = self.attack(inputs[:attacked], targets[:attacked], strength)
         if attacked < inputs.shape[0]:
-            delta = torch.cat([delta, torch.zeros_like(self._raw(inputs[attacked:]))])
+            delta = torch.cat([delta, delta.new_zeros((inputs.shape[0] - attacked, *delta.shape[1:]))])
         return self.outputs(forward, inputs, delta)
 
     def robust_accuracy(self, inputs: Tensor, targets: Tensor, batch_size: int) -> float:

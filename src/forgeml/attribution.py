@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,7 @@ class AttributionSpace:
         groups: tables: (column name, first, last + 1) of each input column's slice of the vector.
         replacement_id: texts: the id a removed token becomes ([UNK], else padding).
         keep_ids: texts: ids never removed (padding, [CLS], [SEP], ...).
-        train_sample: a few training inputs: GradientShap's baseline distribution.
+        references: gives a few training inputs: GradientShap's baseline distribution (called only for shap).
     """
 
     spec: InputSpec
@@ -51,7 +51,7 @@ class AttributionSpace:
     groups: list[tuple[str, int, int]] = field(default_factory=list)
     replacement_id: int = 0
     keep_ids: tuple[int, ...] = ()
-    train_sample: Optional[Tensor] = None
+    references: Optional[Callable[[], Tensor]] = None
 
     @property
     def tokens(self) -> bool:
@@ -146,7 +146,7 @@ def _input_attributions(attr: object, model: nn.Module, space: AttributionSpace,
             return attr.Occlusion(model).attribute(inputs, sliding_window_shapes=window, strides=window, baselines=baselines, target=targets)
         return attr.FeatureAblation(model).attribute(inputs, baselines=baselines, target=targets, feature_mask=_feature_mask(space, inputs[0]))
     if method == "shap":
-        references = space.train_sample.to(inputs.device) if space.train_sample is not None else baseline
+        references = space.references().to(inputs.device) if space.references is not None else baseline
         return attr.GradientShap(model).attribute(inputs, baselines=references, target=targets, n_samples=16, stdevs=0.0)
     # lime: one example at a time (captum fits one surrogate model per example)
     lime = attr.Lime(model)

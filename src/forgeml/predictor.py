@@ -163,14 +163,14 @@ class Predictor:
         if spec.kind == "image":
             mean, std = self.features.image_normalisation or ([0.0], [1.0])
             black = (0 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-            return AttributionSpace(spec, baseline=black.expand(1, *spec.shape).clone(), train_sample=self._train_sample())
+            return AttributionSpace(spec, baseline=black.expand(1, *spec.shape).clone(), references=self._train_sample)
         # tables and windows: "absent" is the training split's average example
         train = self._train_sample(limit=None)
         groups, first = [], 0
         for feature in self.features.inputs if spec.kind == "vector" else []:
             groups.append((feature.cfg.name, first, first + feature.width))
             first += feature.width
-        return AttributionSpace(spec, baseline=train.mean(dim=0, keepdim=True), groups=groups, train_sample=train[:16])
+        return AttributionSpace(spec, baseline=train.mean(dim=0, keepdim=True), groups=groups, references=self._train_sample)
 
     def _train_sample(self, limit: int | None = 16) -> torch.Tensor:
         inputs = self.split("train")[0]
