@@ -18,7 +18,7 @@ from forgeml.errors import ForgeError
 
 app = typer.Typer(
     name="forgeml",
-    help="From a dataset to a trained, evaluated model. Start with: forgeml train examples/mnist_cnn.yaml",
+    help="From a dataset to a trained, evaluated, explained and hardened model. Start with: forgeml train examples/mnist_cnn.yaml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check, show and describe experiment configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-data_app = typer.Typer(help="Look at the data a config describes.", no_args_is_help=True)
+data_app = typer.Typer(help="Look at the data a config describes; scrub personal data out of a file.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 _state = {"debug": False}
