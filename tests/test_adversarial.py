@@ -104,6 +104,10 @@ def test_table_inputs_are_clipped_to_the_training_range():
     attacked = inputs + delta
     assert bool((attacked >= train_inputs.amin(0) - 1e-6).all()) and bool((attacked <= train_inputs.amax(0) + 1e-6).all())
     assert float(delta.abs().max()) <= 2.0 + 1e-6
+    # an example outside the training range is not dragged back into it (that would exceed eps)
+    outside = inputs[:4] + 10.0
+    delta = Adversary(model, space, "pgd", 0.1, steps=3).attack(outside, labels[:4])
+    assert float(delta.abs().max()) <= 0.1 + 1e-6 and float(delta.abs().max()) > 0
 
 
 def test_text_is_attacked_in_the_embedding_space():

@@ -283,6 +283,10 @@ class Adversary:
         eps, alpha = self.eps * strength, self.alpha * strength
         start = self._raw(inputs).detach()
         low, high = space.low, space.high
+        if isinstance(low, Tensor) and isinstance(high, Tensor):
+            # an input already outside the training range stays where it is on that side: clipping it
+            # back would move it further than eps
+            low, high = torch.minimum(low, start), torch.maximum(high, start)
 
         def forward(raw: Tensor) -> Tensor:
             if space.kind == "embeddings":
