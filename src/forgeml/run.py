@@ -91,6 +91,14 @@ class RunDir:
     def write_json(self, name: str, data: Any) -> Path:
         return self.write_bytes(name, json_bytes(data))
 
+    def record(self, name: str, key: str, value: Any, files: Iterable[str] = ()) -> None:
+        """Set ``key`` of the JSON stage result ``name`` (evaluate.json, attack.json, ...), keeping its
+        other entries, and record it and ``files`` (the stage's pictures) in the manifest."""
+        existing = self.read_json(name) if (self.path / name).is_file() else {}
+        existing[key] = value
+        self.write_json(name, existing)
+        self.write_manifest([name, *files])
+
     def write_yaml(self, name: str, data: Any) -> Path:
         return self.write_bytes(name, yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode())
 

@@ -59,10 +59,7 @@ def run(target: str | Path | Predictor, split: str = "test", save: bool = True) 
     else:
         result = _predictions(predictor, split, started)
     if save:
-        existing = predictor.run.read_json("evaluate.json") if (predictor.run / "evaluate.json").is_file() else {}
-        existing[split] = result.to_dict()
-        predictor.run.write_json("evaluate.json", existing)
-        predictor.run.write_manifest(["evaluate.json"])
+        predictor.run.record("evaluate.json", split, result.to_dict())
     return result
 
 

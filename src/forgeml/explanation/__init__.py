@@ -136,7 +136,7 @@ def run(
         result.inputs.append(entry)
     result.seconds = round(time.perf_counter() - started, 3)
     if save:
-        _record(predictor, method, result.to_dict())
+        predictor.run.record(RESULT, method, result.to_dict())
     return result
 
 
@@ -148,13 +148,6 @@ def _mean(predictor: Predictor) -> torch.Tensor:
 def _std(predictor: Predictor) -> torch.Tensor:
     _, std = predictor.features.image_normalisation or ([0.0], [1.0])
     return torch.tensor(std).view(-1, 1, 1)
-
-
-def _record(predictor: Predictor, key: str, value: dict[str, Any]) -> None:
-    existing = predictor.run.read_json(RESULT) if (predictor.run / RESULT).is_file() else {}
-    existing[key] = value
-    predictor.run.write_json(RESULT, existing)
-    predictor.run.write_manifest([RESULT])
 
 
 def _title(entry: Explained, method: str) -> str:
@@ -347,11 +340,9 @@ def faithfulness(
         picture = "explain_faithfulness.png"
         predictor.run.write_bytes(picture, _curves_png(result, predictor.features.input_spec.kind))
         result.files.append(picture)
-        result.seconds = round(time.perf_counter() - started, 3)
-        _record(predictor, "faithfulness", result.to_dict())
-        predictor.run.write_manifest([picture])
-    else:
-        result.seconds = round(time.perf_counter() - started, 3)
+    result.seconds = round(time.perf_counter() - started, 3)
+    if save:
+        predictor.run.record(RESULT, "faithfulness", result.to_dict(), result.files)
     return result
 
 

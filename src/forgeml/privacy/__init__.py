@@ -121,16 +121,11 @@ def membership(target: str | Path | Predictor, held_out: str = "test", limit: Op
         seed=seed,
     )
     if save:
-        run_dir = predictor.run
-        run_dir.write_bytes(PICTURE, _picture(false_positive, true_positive, member_loss, other_loss, result))
+        predictor.run.write_bytes(PICTURE, _picture(false_positive, true_positive, member_loss, other_loss, result))
         result.files.append(PICTURE)
-        result.seconds = round(time.perf_counter() - started, 3)
-        existing = run_dir.read_json(RESULT) if (run_dir / RESULT).is_file() else {}
-        existing["membership"] = result.to_dict()
-        run_dir.write_json(RESULT, existing)
-        run_dir.write_manifest([RESULT, PICTURE])
-    else:
-        result.seconds = round(time.perf_counter() - started, 3)
+    result.seconds = round(time.perf_counter() - started, 3)
+    if save:
+        predictor.run.record(RESULT, "membership", result.to_dict(), result.files)
     return result
 
 

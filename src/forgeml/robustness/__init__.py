@@ -174,13 +174,9 @@ def run(
             attacked = torch.tensor([shown_predicted[i] for i in shown.tolist()])
             run_dir.write_bytes(pictures, _examples_png(pixels, deltas, clean[shown], attacked, targets[shown], predictor.label_names, result))
             result.files.append(pictures)
-        result.seconds = round(time.perf_counter() - started, 3)  # the pictures included
-        existing = run_dir.read_json(RESULT) if (run_dir / RESULT).is_file() else {}
-        existing[result.key] = result.to_dict()
-        run_dir.write_json(RESULT, existing)
-        run_dir.write_manifest([RESULT, *result.files])
-    else:
-        result.seconds = round(time.perf_counter() - started, 3)
+    result.seconds = round(time.perf_counter() - started, 3)  # the pictures included
+    if save:
+        predictor.run.record(RESULT, result.key, result.to_dict(), result.files)
     return result
 
 
