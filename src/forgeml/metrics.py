@@ -78,3 +78,41 @@ def per_class_scores(confusion: list[list[int]], label_names: list[str]) -> dict
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         out[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
     return out
+
+
+def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = 15) -> dict:
+    """How far a classifier's confidence is from its accuracy.
+
+    The examples are put into ``bins`` equal-width bins by their top probability (the confidence);
+    the expected calibration error (ECE) is the average over bins of |accuracy - confidence|,
+    weighted by the share of examples in each bin. 0 means that among the predictions made with
+    confidence p, a share p is right.
+
+    Returns:
+        ``ece``, ``nll`` (mean negative log-likelihood of the true class), ``accuracy``,
+        ``confidence`` (mean top probability) and ``bins``: per bin its ``lower`` and ``upper``
+        edge, ``count``, ``confidence`` and ``accuracy`` (None for an empty bin).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets).astype(np.int64)
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)  # (lower, upper]
+    table, ece = [], 0.0
+    for index in range(bins):
+        members = which == index
+        count = int(members.sum())
+        mean_confidence = float(confidence[members].mean()) if count else None
+        accuracy = float(correct[members].mean()) if count else None
+        if count:
+            ece += count / len(targets) * abs(accuracy - mean_confidence)
+        table.append({"lower": float(edges[index]), "upper": float(edges[index + 1]), "count": count, "confidence": mean_confidence, "accuracy": accuracy})
+    true_class = probabilities[np.arange(len(targets)), targets]
+    return {
+        "ece": float(ece),
+        "nll": float(-np.log(np.clip(true_class, 1e-12, None)).mean()) if len(targets) else 0.0,
+        "accuracy": float(correct.mean()) if len(targets) else 0.0,
+        "confidence": float(confidence.mean()) if len(targets) else 0.0,
+        "bins": table,
+    }

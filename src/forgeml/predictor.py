@@ -33,6 +33,7 @@ from forgeml.training.loop import LANGUAGE_MODELLING, batched_outputs, resolve_d
 from forgeml.training.privacy import check_layers
 
 RUN_FILES = ("config.yaml", "features.json", "model.safetensors")
+CALIBRATION = "calibration.json"  # written by forgeml calibrate: the temperature the probabilities use
 
 
 class Predictor:
@@ -45,6 +46,8 @@ class Predictor:
         model: the network in eval mode.
         task: "classification" or "regression".
         label_names: class names in output order (classification).
+        temperature: logits are divided by it before the softmax (1 unless ``forgeml calibrate``
+            fitted one; see ``forgeml.calibration``).
     """
 
     def __init__(self, run: RunDir, config: Any, features: Features, model: torch.nn.Module, device: torch.device):
@@ -56,6 +59,7 @@ class Predictor:
         self.task = features.task
         self.label_names = getattr(features, "label_names", [])
         self.batch_size = config.train.eval_batch_size
+        self.temperature = 1.0
 
     # -- tensors in, tensors out
 
@@ -64,8 +68,8 @@ class Predictor:
         return batched_outputs(self.model, inputs, self.batch_size, self.device)
 
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for encoded inputs (classification only)."""
-        return torch.softmax(self.outputs(inputs), dim=-1)
+        """Class probabilities for encoded inputs (classification only), calibrated by the run's temperature."""
+        return torch.softmax(self.outputs(inputs) / self.temperature, dim=-1)
 
     def parse(self, rows: Table) -> Table:
         """Parse raw rows (a Table with the input columns): the rows that can be predicted, with their
@@ -241,7 +245,7 @@ class Predictor:
     def decode(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         """Readable predictions: label and probabilities, or a value in the target's units."""
         if self.task == "classification":
-            probabilities = torch.softmax(outputs, dim=-1).numpy()
+            probabilities = torch.softmax(outputs / self.temperature, dim=-1).numpy()
             return [
                 {
                     "label": self.label_names[int(row.argmax())],
@@ -357,6 +361,18 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
         raise RunDirError(f"{run / 'model.safetensors'}: does not fit the model in config.yaml ({str(exc).splitlines()[0]})") from None
     if is_adapted(model):  # a LoRA run: later stages (export, serve) see one ordinary model
         model = merge(model)
-    return Predictor(run, config, features, model.to(torch_device), torch_device)
+    predictor = Predictor(run, config, features, model.to(torch_device), torch_device)
+    if (run / CALIBRATION).is_file():
+        run.verify([CALIBRATION])
+        calibration = run.read_json(CALIBRATION)
+        if calibration.get("model_sha256") == model_sha256(run):  # fitted to these weights, not to a model trained since
+            predictor.temperature = float(calibration["temperature"])
+    return predictor
+
+
+def model_sha256(run: RunDir) -> str | None:
+    """The sha256 of the run's model.safetensors, as recorded in its manifest: what a stage's result
+    records to say which weights it was computed from."""
+    return run.read_json("manifest.json").get("files", {}).get("model.safetensors")
 
 
