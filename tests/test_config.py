@@ -54,7 +54,7 @@ def test_unknown_key_lists_the_allowed_keys():
 def test_unknown_top_level_key():
     config = tiny_config()
     config["trian"] = {}
-    assert config_error(config) == "config: trian: unknown key; allowed keys here: name, seed, train, output, data, model"
+    assert config_error(config) == "config: trian: unknown key; allowed keys here: name, seed, train, output, pipeline, data, model"
 
 
 def test_unknown_key_inside_a_list_item_names_the_index():
@@ -291,7 +291,7 @@ def test_dump_config_round_trips_to_an_equal_config(tmp_path: Path, config: dict
 
 def test_dump_config_is_in_reading_order():
     data = yaml.safe_load(dump_config(load_config(tiny_config())))
-    assert list(data) == ["name", "seed", "data", "model", "train", "output"]
+    assert list(data) == ["name", "seed", "data", "model", "train", "output", "pipeline"]
     assert list(data["data"]) == ["source", "corpus", "features", "target", "augment", "split", "on_bad_row"]
 
 

@@ -93,6 +93,36 @@ def train(
     run_training(config, out=out, overrides=overrides or [], resume=resume, overwrite=overwrite, command=["forgeml", *sys.argv[1:]])
 
 
+@app.command()
+def pipeline(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="Experiment config (YAML); its pipeline section chooses the stages."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="Run directory (default: <output.dir>/<name>)."),
+    overrides: Optional[List[str]] = SetOption,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain from scratch when the run exists with another config."),
+) -> None:
+    """From data to a trusted, deployed model in one command: train, evaluate, calibrate, explain,
+    attack, audit, export and report, into one run directory.
+
+    The stages come from the config's pipeline.stages (default: those that apply to the task).
+    Run it again and every stage whose result is up to date is skipped; change one stage's
+    settings (--set pipeline.attack.eps=[0.1]) and only it and the report run again. An interrupted
+    training run is resumed.
+    """
+    from rich.console import Console
+
+    from forgeml.pipeline import run as run_pipeline
+
+    console = Console(stderr=False)
+    spinner = (lambda text: console.status(text, spinner="dots")) if console.is_terminal else None
+    result = run_pipeline(
+        config, out=out, overrides=overrides or [], overwrite=overwrite, echo=lambda text: typer.echo(text), status=spinner,
+        command=["forgeml", *sys.argv[1:]],
+    )
+    ran = sum(s.status == "ran" for s in result.stages)
+    typer.echo(f"{result.run_dir}: {ran} stage(s) ran, {len(result.stages) - ran} up to date; report: {result.run_dir / 'report.html'}"
+               if any(s.name == "report" for s in result.stages) else f"{result.run_dir}: {ran} stage(s) ran, {len(result.stages) - ran} up to date")
+
+
 def _torchrun(
     arguments: list[str], config: Path, overrides: list[str], nproc: int, nnodes: int, node_rank: Optional[int], endpoint: Optional[str]
 ) -> int:
@@ -163,6 +193,50 @@ def _print_evaluation(result: Any, run: Path) -> None:
             matrix.add_row(name, *(str(v) for v in row), f"{result.per_class[name]['recall']:.3f}")
         matrix.add_row("prec.", *(f"{result.per_class[n]['precision']:.2f}" for n in result.label_names), "")
         console.print(matrix)
+
+
+@app.command()
+def calibrate(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a classifier."),
+    split: str = typer.Option("validation", "--split", metavar="SPLIT", help="The split the temperature is fitted on."),
+    bins: int = typer.Option(15, "--bins", min=2, metavar="N", help="Confidence bins of the ECE and the reliability diagram."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make a classifier's probabilities honest: fit a temperature on the validation split (temperature
+    scaling), show the expected calibration error (ECE) before and after, and store the temperature
+    in the run, where forgeml.load, predict and serve apply it. Predicted classes do not change.
+    Writes calibration.json and calibration.png (reliability diagrams)."""
+    from forgeml.calibration import run as run_calibration
+
+    result = run_calibration(run, split, bins)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    softer = "softens an over-confident model" if result.temperature > 1 else "sharpens an under-confident model"
+    typer.echo(f"{run}: temperature {result.temperature:.4f} fitted on {result.rows:,} {result.fitted_on} examples ({softer})")
+    typer.echo(f"  {'split':<11} {'ECE before':>10} {'ECE after':>10} {'NLL before':>11} {'NLL after':>10} {'accuracy':>9}")
+    for name, before in result.before.items():
+        after = result.after[name]
+        typer.echo(f"  {name:<11} {before['ece']:10.4f} {after['ece']:10.4f} {before['nll']:11.4f} {after['nll']:10.4f} {before['accuracy']:9.4f}")
+    typer.echo(f"written: {', '.join(str(Path(run) / f) for f in ['calibration.json', *result.files])}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="The HTML file (default: RUN/report.html); report.json goes beside it."),
+) -> None:
+    """One self-contained HTML page of everything the run holds: summary, data, training curves,
+    evaluation (confusion matrix, most confident mistakes), calibration, explanations, robustness,
+    privacy, export and environment. A stage that has not run shows the command that runs it.
+    Also writes report.json, the same content for programs."""
+    from forgeml.report import run as run_report
+
+    result = run_report(run, out)
+    typer.echo(f"{run}: report with {', '.join(result.sections)}")
+    for name, command in result.missing.items():
+        typer.echo(f"  {name} not run yet: {command}")
+    typer.echo(f"written: {result.html}, {result.json}")
 
 
 @app.command()

@@ -200,6 +200,84 @@ class OutputConfig(Section):
     dir: str = Field("runs", description="Parent directory of run directories.")
 
 
+PIPELINE_STAGES = ("train", "evaluate", "calibrate", "explain", "attack", "audit", "export", "report")
+
+
+class EvaluateStage(Section):
+    """forgeml pipeline's evaluate stage (forgeml evaluate)."""
+
+    split: Literal["train", "validation", "test"] = Field("test", description="The split evaluated.")
+
+
+class CalibrateStage(Section):
+    """forgeml pipeline's calibrate stage (forgeml calibrate)."""
+
+    bins: int = Field(15, ge=2, description="Confidence bins of the ECE and the reliability diagram.")
+
+
+class ExplainStage(Section):
+    """forgeml pipeline's explain stage: a few test examples, and the faithfulness check."""
+
+    method: str = Field("ig", description="Attribution method for the examples: ig, saliency, gradcam, occlusion, shap or lime.")
+    n: int = Field(4, ge=1, description="Test examples explained (pictures in the report).")
+    faithfulness: bool = Field(True, description="Also measure each method's deletion curve against random order.")
+    faithfulness_n: int = Field(100, ge=1, description="Test examples the faithfulness check measures.")
+    faithfulness_methods: list[str] = Field(
+        ["ig", "saliency", "gradcam"], min_length=1, description="Methods the faithfulness check measures (those that apply to the model)."
+    )
+
+
+class AttackStage(Section):
+    """forgeml pipeline's attack stage (forgeml attack)."""
+
+    method: Literal["fgsm", "pgd"] = Field("pgd", description="fgsm: one signed-gradient step; pgd: projected gradient descent.")
+    eps: list[float] = Field([0.05, 0.1, 0.2, 0.3], min_length=1, description="Radii of the perturbation (images: pixel units in [0, 1]).")
+    norm: Literal["linf", "l2"] = Field("linf", description="The norm the radius is measured in.")
+    steps: int = Field(10, ge=1, description="PGD steps.")
+    n: Optional[int] = Field(500, ge=1, description="Test examples attacked; null: the whole split.")
+
+
+class AuditStage(Section):
+    """forgeml pipeline's audit stage (forgeml audit: membership inference)."""
+
+    n: Optional[int] = Field(None, ge=1, description="Members and non-members scored at most; null: as many as the held-out split has.")
+
+
+class ExportStage(Section):
+    """forgeml pipeline's export stage (forgeml export: ONNX with a parity check)."""
+
+    quantize: Literal["none", "int8"] = Field("int8", description="Also build and verify an int8 model.")
+    tolerance: float = Field(0.01, ge=0, description="Metric an int8 model may lose.")
+
+
+class PipelineConfig(Section):
+    """What forgeml pipeline runs, in order, and each stage's settings. `pipeline: [train, evaluate]`
+    is short for `pipeline: {stages: [train, evaluate]}`."""
+
+    stages: Optional[list[Literal[PIPELINE_STAGES]]] = Field(  # type: ignore[valid-type]
+        None,
+        description="Stages in order (train, evaluate, calibrate, explain, attack, audit, export, report); null: those that apply to the task.",
+    )
+    evaluate: EvaluateStage = Field(default_factory=EvaluateStage, description="The evaluate stage.")
+    calibrate: CalibrateStage = Field(default_factory=CalibrateStage, description="The calibrate stage.")
+    explain: ExplainStage = Field(default_factory=ExplainStage, description="The explain stage.")
+    attack: AttackStage = Field(default_factory=AttackStage, description="The attack stage.")
+    audit: AuditStage = Field(default_factory=AuditStage, description="The audit stage.")
+    export: ExportStage = Field(default_factory=ExportStage, description="The export stage.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_list(cls, value: Any) -> Any:
+        return {"stages": value} if isinstance(value, list) else value
+
+    @field_validator("stages")
+    @classmethod
+    def _no_repeats(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a stage is listed twice")
+        return value
+
+
 class ConfigBase(Section):
     """The root of an experiment config."""
 
@@ -207,6 +285,7 @@ class ConfigBase(Section):
     seed: int = Field(0, description="Seed for the split, initialisation, shuffling and dropout.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs are written.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="What forgeml pipeline runs after training, and how.")
 
 
 def _union(configs: list[type[BaseModel]]) -> Any:
@@ -456,7 +535,7 @@ def load_config(source: str | Path | dict[str, Any] | BaseModel, overrides: list
     return validate_config(raw, origin)
 
 
-TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output")
+TOP_LEVEL_ORDER = ("name", "seed", "data", "model", "train", "output", "pipeline")
 DATA_ORDER = ("source", "corpus", "features", "target", "augment", "split", "on_bad_row")
 
 

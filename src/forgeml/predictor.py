@@ -8,6 +8,7 @@ model (weights from model.safetensors) -> labels and probabilities, or values.
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -363,10 +364,14 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
         model = merge(model)
     predictor = Predictor(run, config, features, model.to(torch_device), torch_device)
     if (run / CALIBRATION).is_file():
-        run.verify([CALIBRATION])
-        calibration = run.read_json(CALIBRATION)
-        if calibration.get("model_sha256") == model_sha256(run):  # fitted to these weights, not to a model trained since
-            predictor.temperature = float(calibration["temperature"])
+        try:
+            run.verify([CALIBRATION])
+            calibration = run.read_json(CALIBRATION)
+        except RunDirError as exc:  # the model is still usable; its probabilities are the uncalibrated ones
+            warnings.warn(f"{exc}; its temperature is not applied (run forgeml calibrate again)", stacklevel=2)
+        else:
+            if calibration.get("model_sha256") == model_sha256(run):  # fitted to these weights, not to a model trained since
+                predictor.temperature = float(calibration["temperature"])
     return predictor
 
 

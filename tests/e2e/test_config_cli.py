@@ -69,7 +69,7 @@ def test_show_prints_the_config_with_defaults_filled_in(calls: dict[str, Any]) -
     result, again = calls["show"]
     assert result.returncode == 0, describe(result)
     shown = yaml.safe_load(result.stdout)
-    assert list(shown) == ["name", "seed", "data", "model", "train", "output"]
+    assert list(shown) == ["name", "seed", "data", "model", "train", "output", "pipeline"]
     assert shown["name"] == "digits_mlp"
     # the shorthand `source: digits` is expanded, and the built-in dataset's columns are filled in
     assert shown["data"]["source"] == {"type": "builtin", "name": "digits"}

@@ -91,17 +91,38 @@ def run(
         ForgeError: not a classifier, an unknown method or class, unreadable inputs.
     """
     predictor = _classifier(target)
-    started = time.perf_counter()
     rows = predictor.parse(predictor.to_table(inputs))
-    encoded = predictor.features.transform_inputs(rows)
+    images = predictor.features.input_spec.kind == "image"
+    names = [
+        rows.origins[rows.origin_index[i]] if images else f"{rows.origins[rows.origin_index[i]]}:{int(rows.line[i])}"  # an image file, or file:line of a row
+        for i in range(len(rows))
+    ]
+    return _explain(predictor, predictor.features.transform_inputs(rows), names, method, label, out, save)
+
+
+def run_split(
+    target: str | Path | Predictor, split: str = "test", n: int = 4, method: str = "ig", out: str | Path | None = None, save: bool = True
+) -> ExplainResult:
+    """Explain the first ``n`` examples of one of the run's own splits (what ``forgeml pipeline``
+    shows in the report); each is named by its origin, e.g. ``mnist5k:4012``."""
+    predictor = _classifier(target)
+    inputs, _, table = predictor.split(split)
+    count = min(n, len(inputs))
+    names = [f"{table.origins[table.origin_index[i]]}:{int(table.line[i])}" for i in range(count)]
+    return _explain(predictor, inputs[:count], names, method, None, out, save)
+
+
+def _explain(
+    predictor: Predictor, encoded: torch.Tensor, titles: list[str], method: str, label: Optional[str], out: str | Path | None, save: bool
+) -> ExplainResult:
+    started = time.perf_counter()
     explanations = predictor.explain_encoded(encoded, method, label)
     kind = predictor.features.input_spec.kind
     folder = Path(out) if out is not None else predictor.run / FOLDER
     images = kind == "image"
     result = ExplainResult(method, kind, str(folder), [])
     for index, explanation in enumerate(explanations):
-        origin = rows.origins[rows.origin_index[index]]
-        name = origin if images else f"{origin}:{int(rows.line[index])}"  # an image file, or file:line of a row
+        name = titles[index]
         scores = explanation["scores"]
         names = explanation["names"]
         order = torch.argsort(scores.abs() if method != "gradcam" else scores, descending=True)

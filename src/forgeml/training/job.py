@@ -63,18 +63,23 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as {"train.lr": 0.01, ...}."""
     if isinstance(data, dict):
         out: dict[str, Any] = {}
         for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix[:-1]: data}
 
 
 def _check_resumable(saved: dict[str, Any], new: dict[str, Any], run: RunDir) -> None:
-    old_flat, new_flat = _flatten(saved), _flatten(new)
-    changed = sorted(k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k) != new_flat.get(k) and k not in RESUMABLE_CHANGES)
+    old_flat, new_flat = flatten(saved), flatten(new)
+    changed = sorted(
+        k
+        for k in old_flat.keys() | new_flat.keys()
+        if old_flat.get(k) != new_flat.get(k) and k not in RESUMABLE_CHANGES and not k.startswith("pipeline.")  # what runs after training
+    )
     if changed:
         raise ConfigError(
             f"{run.path}: the config differs from the run's config.yaml in {', '.join(changed[:8])}; "
