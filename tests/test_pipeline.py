@@ -17,7 +17,7 @@ from forgeml.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
-STAGES = ["train", "evaluate", "calibrate", "explain", "attack", "audit", "report"]
+STAGES = ["train", "evaluate", "calibrate", "explain", "attack", "audit", "export", "report"]
 
 
 def pipeline_config(**pipeline: Any) -> dict[str, Any]:
@@ -27,6 +27,7 @@ def pipeline_config(**pipeline: Any) -> dict[str, Any]:
         "explain": {"n": 2, "faithfulness_n": 16, "faithfulness_methods": ["ig", "saliency"]},
         "attack": {"eps": [0.1, 0.2], "steps": 3, "n": 40},
         "audit": {"n": 60},
+        "export": {"quantize": "none"},
     } | pipeline
     return config
 
@@ -43,13 +44,13 @@ def test_the_pipeline_runs_every_stage_then_skips_them(tmp_path: Path):
     out = tmp_path / "run"
     first = run(pipeline_config(), out=out, echo=quiet, quiet_training=True)
     assert [s.name for s in first.stages] == STAGES and set(statuses(first).values()) == {"ran"}
-    for name in ("evaluate.json", "calibration.json", "explain.json", "attack.json", "audit.json", "report.html", "report.json"):
+    for name in ("evaluate.json", "calibration.json", "explain.json", "attack.json", "audit.json", "export.json", "export/model.onnx", "report.html", "report.json"):
         assert (out / name).is_file(), name
     record = json.loads((out / "pipeline.json").read_text())
     assert set(record) == set(STAGES) - {"train"}
     assert "calibration.png" in record["calibrate"]["outputs"] and record["attack"]["summary"].startswith("clean ")
     report = json.loads((out / "report.json").read_text())
-    assert set(report["missing"]) == {"export"}  # not among the stages chosen
+    assert report["missing"] == {} and report["export"]["rows"][1]["name"] == "onnxruntime fp32"
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
 
     again = run(pipeline_config(), out=out, echo=quiet, quiet_training=True)

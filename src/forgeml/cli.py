@@ -401,6 +401,47 @@ def audit(
 
 
 # --------------------------------------------------------------------------------------------------
+# export
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a classifier or regressor."),
+    quantize: str = typer.Option("none", "--quantize", metavar="none|int8", help="Also build and verify an int8 model (the faster of dynamic and static QDQ)."),
+    out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="The bundle directory (default: RUN/export)."),
+    tolerance: float = typer.Option(0.01, "--tolerance", min=0.0, metavar="T", help="Metric the int8 model may lose (0.01: one accuracy point)."),
+    threads: int = typer.Option(1, "--threads", min=1, metavar="N", help="CPU threads while timing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Export the model to ONNX (dynamic batch axis, and sequence axis for texts) with its
+    preprocessing state, then verify the bundle on the test split: outputs against torch, the
+    metric, file size and latency at batch 1 and 32. A parity failure is an error and leaves no
+    bundle. Writes the bundle (model.onnx, features.json, export.json) and RUN/export.json."""
+    from forgeml.export import run as run_export
+
+    result = run_export(run, quantize, out, tolerance, threads)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 110))
+    typer.echo(f"{run}: exported to ONNX (opset {result.opset}); verified on {result.test_rows:,} test examples, {result.threads} thread(s)")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("runtime", "max |diff|", result.rows[0]["metric_name"], "size", "p50 b1 ms", "p95 b1 ms", "p50 b32 ms", "p95 b32 ms"):
+        table.add_column(column, justify="left" if column == "runtime" else "right", no_wrap=True)
+    for row in result.rows:
+        table.add_row(
+            row["name"], f"{row['max_abs_diff']:.2g}", f"{row['metric']:.4f}", f"{row['size_bytes'] / 1024:,.0f} KiB",
+            *(f"{row[k]:.3f}" for k in ("p50_b1_ms", "p95_b1_ms", "p50_b32_ms", "p95_b32_ms")),
+        )
+    console.print(table)
+    typer.echo(f"written: {result.bundle} ({', '.join(sorted(p.name for p in Path(result.bundle).iterdir()))}), {Path(run) / 'export.json'}")
+
+
+# --------------------------------------------------------------------------------------------------
 # data
 
 

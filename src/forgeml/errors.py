@@ -28,3 +28,7 @@ class RunDirError(ForgeError):
 
 class CheckpointError(ForgeError):
     """No usable checkpoint could be found to resume from."""
+
+
+class ExportError(ForgeError):
+    """A model cannot be exported, or the exported model does not match the trained one."""

@@ -31,6 +31,7 @@ DEFAULT_STAGES = {
     LANGUAGE_MODELLING: ["train", "evaluate", "report"],
 }
 CLASSIFIER_ONLY = {"calibrate", "explain", "attack"}
+NOT_EXPORTABLE = {"rnn", "attention"}  # forgeml.export.RECURRENT: left out of the default stages
 
 
 @dataclass
@@ -60,7 +61,8 @@ def stages_for(cfg: Any, task: str) -> list[str]:
     """The stages to run: the config's list, or the task's defaults."""
     chosen = cfg.pipeline.stages
     if chosen is None:
-        return list(DEFAULT_STAGES[task])
+        defaults = list(DEFAULT_STAGES[task])
+        return [s for s in defaults if s != "export" or cfg.model.type not in NOT_EXPORTABLE]
     if task != "classification":
         wrong = [s for s in chosen if s in CLASSIFIER_ONLY or (task == LANGUAGE_MODELLING and s in ("audit", "export"))]
         if wrong:
