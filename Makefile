@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 RUN_DIR ?= runs/mnist_cnn
 
-.PHONY: demo test install dev benchmark clean
+.PHONY: demo test install dev benchmark browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ demo: install
 
 test: dev
 	$(BIN)/python -m pytest -q
+
+# Debian's chromium, for the test that renders the report headless (skipped, with the reason, without it)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 benchmark: install
 	$(BIN)/python benchmarks/trainer_overhead.py

@@ -438,6 +438,8 @@ def export(
             *(f"{row[k]:.3f}" for k in ("p50_b1_ms", "p95_b1_ms", "p50_b32_ms", "p95_b32_ms")),
         )
     console.print(table)
+    if len(result.rows) > 2 and result.rows[2]["p50_b1_ms"] >= result.rows[1]["p50_b1_ms"]:
+        typer.echo("note: int8 is no faster than fp32 at batch 1 on this CPU (int8 kernels gain on CPUs with VNNI instructions)")
     typer.echo(f"written: {result.bundle} ({', '.join(sorted(p.name for p in Path(result.bundle).iterdir()))}), {Path(run) / 'export.json'}")
 
 

@@ -182,7 +182,7 @@ def test_a_text_model_quotes_its_mistakes(tmp_path: Path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); make test installs it where it can")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed: make browser (apt-get install chromium) to render the report")
 def test_the_report_renders_in_headless_chromium(classifier: Path, tmp_path: Path):
     from PIL import Image
 
