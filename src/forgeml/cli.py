@@ -409,7 +409,7 @@ def export(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory of a classifier or regressor."),
     quantize: str = typer.Option("none", "--quantize", metavar="none|int8", help="Also build and verify an int8 model (the faster of dynamic and static QDQ)."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="The bundle directory (default: RUN/export)."),
-    tolerance: float = typer.Option(0.01, "--tolerance", min=0.0, metavar="T", help="Metric the int8 model may lose (0.01: one accuracy point)."),
+    tolerance: float = typer.Option(0.01, "--tolerance", min=0.0, metavar="T", help="What the int8 model may lose: accuracy (0.01: one point), or for a regressor the fraction its test MSE may rise by."),
     threads: int = typer.Option(1, "--threads", min=1, metavar="N", help="CPU threads while timing."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -438,6 +438,8 @@ def export(
             *(f"{row[k]:.3f}" for k in ("p50_b1_ms", "p95_b1_ms", "p50_b32_ms", "p95_b32_ms")),
         )
     console.print(table)
+    if result.mode:
+        typer.echo(f"int8 mode: {result.mode} (the faster of the int8 models within the tolerance {tolerance})")
     if len(result.rows) > 2 and result.rows[2]["p50_b1_ms"] >= result.rows[1]["p50_b1_ms"]:
         typer.echo("note: int8 is no faster than fp32 at batch 1 on this CPU (int8 kernels gain on CPUs with VNNI instructions)")
     typer.echo(f"written: {result.bundle} ({', '.join(sorted(p.name for p in Path(result.bundle).iterdir()))}), {Path(run) / 'export.json'}")

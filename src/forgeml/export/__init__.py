@@ -11,7 +11,8 @@ Then it verifies itself on the run's whole test split: for torch (eager, fp32), 
 and the int8 model, the largest absolute difference of the outputs from torch's, the task metric,
 the file size and the latency (p50, p95) at batch 1 and 32. Parity is an error, not a warning: an
 fp32 model whose outputs differ from torch's by more than 1e-4 of the largest output, or an int8
-model that loses more than the tolerance, leaves no bundle behind.
+model that loses more than the tolerance (accuracy for a classifier; for a regressor, MSE rising by
+more than that fraction), leaves no bundle behind.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -39,7 +41,7 @@ BUNDLE = "export"
 OPSET = 18
 PARITY = 1e-4
 CALIBRATION_ROWS = 256
-RECURRENT = ("rnn", "attention")  # their packed sequences are beyond torch.export so far
+RECURRENT = ("rnn", "attention")  # on token ids they pack sequences, which torch.export cannot trace so far
 
 
 @dataclass
@@ -49,7 +51,7 @@ class ExportResult:
     Attributes:
         bundle: the bundle directory.
         rows: one per runtime (torch fp32, onnxruntime fp32, onnxruntime int8): name, max_abs_diff
-            (against torch), metric_name and metric on the test split, size_bytes, and latency
+            (against torch), metric_name (accuracy, or mse for regressors) and metric on the test split, size_bytes, and latency
             p50_b1_ms, p95_b1_ms, p50_b32_ms, p95_b32_ms.
         mode: the int8 quantisation kept (dynamic or static), or None.
     """
@@ -83,7 +85,8 @@ def run(
         target: a run directory or a Predictor.
         quantize: none, or int8 (also build and verify an int8 model).
         out: the bundle directory (default RUN/export); replaced when it exists.
-        tolerance: metric an int8 model may lose (accuracy points as a fraction, or R²).
+        tolerance: what an int8 model may lose: accuracy (0.01 is one point), or for a regressor the
+            fraction its test MSE may rise by (0.01: 1%).
         threads: CPU threads of torch and ONNX Runtime while timing.
         repeats: timed calls per batch size.
         save: record the result in the run's export.json.
@@ -98,7 +101,11 @@ def run(
     if predictor.task == LANGUAGE_MODELLING:
         raise ExportError(f"{predictor.run.path} is a language model; export covers classifiers and regressors")
     bundle = Path(out) if out is not None else predictor.run / BUNDLE
+    if bundle.exists() and not (bundle.is_dir() and (not any(bundle.iterdir()) or (bundle / RESULT).is_file())):
+        raise ExportError(f"--out {bundle} exists and is not an export bundle (no export.json in it): not replacing it")
     inputs, targets, _ = predictor.split("test")
+    if len(inputs) == 0:
+        raise ExportError(f"{predictor.run.path} has no test split to verify the exported model on")
     model = predictor.model.cpu().eval()
     tokens = predictor.features.input_spec.kind == "tokens"
 
@@ -152,16 +159,18 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, tokens: b
 
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not installed"
     try:
-        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), torch.no_grad():
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notices
             program = torch.onnx.export(
                 model, (example,), dynamo=True, input_names=["inputs"], output_names=["outputs"],
                 dynamic_shapes=(axes,), opset_version=OPSET, verbose=False,
             )
             program.save(str(path), external_data=False)
     except Exception as exc:  # the exporter's own failure: name the model and the first line of why
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        hint = "; recurrent models (rnn, attention) run packed sequences, which torch.export cannot trace yet" if model_type in RECURRENT else ""
-        raise ExportError(f"model type {model_type!r} could not be exported to ONNX: {_plain(first)[:300]}{hint}") from None
+        cause = exc.__cause__ or exc  # torch.onnx wraps torch.export's error in a page of advice
+        first = next((line for line in str(cause).splitlines() if line.strip()), "")
+        hint = "; on token ids recurrent models (rnn, attention) run packed sequences, which torch.export cannot trace yet" if tokens and model_type in RECURRENT else ""
+        raise ExportError(f"model type {model_type!r} could not be exported to ONNX: {type(cause).__name__}: {_plain(first)[:300]}{hint}") from None
 
 
 def _plain(text: str) -> str:
@@ -179,6 +188,7 @@ def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens
     for name in extra:  # tokenizer files features.json names
         shutil.copyfile(run / name, work / name)
     spec = predictor.features.input_spec
+    axes = {"0": "batch", "1": "sequence"} if tokens else {"0": "batch"}
     description = {
         "format": "onnx",
         "opset": OPSET,
@@ -192,8 +202,9 @@ def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens
             "kind": spec.kind,
             "dtype": "int64" if tokens else "float32",
             "shape": ["batch", "sequence"] if tokens else ["batch", *spec.shape],
+            "dynamic_axes": axes,
         },
-        "output": {"name": "outputs", "shape": ["batch", int(predictor.features.num_outputs)]},
+        "output": {"name": "outputs", "dtype": "float32", "shape": ["batch", int(predictor.features.num_outputs)], "dynamic_axes": {"0": "batch"}},
         "label_names": predictor.label_names,
         "temperature": predictor.temperature,
         "files": sorted(p.name for p in work.iterdir()) + ["export.json"],
@@ -244,9 +255,16 @@ def _torch_outputs(model: torch.nn.Module, inputs: torch.Tensor, batch: int = 25
 def _row(name: str, outputs: np.ndarray, reference: np.ndarray, targets: torch.Tensor, predictor: Predictor, path: Optional[Path], latency: dict[str, float]) -> dict[str, Any]:
     decode = predictor.features.decode_regression if predictor.task == "regression" else None
     scores = score(predictor.task, outputs, targets.numpy(), len(predictor.label_names), decode)
-    metric = "accuracy" if predictor.task == "classification" else "r2"
+    metric = "accuracy" if predictor.task == "classification" else "mse"
     size = path.stat().st_size if path is not None else (predictor.run / "model.safetensors").stat().st_size
     return {"name": name, "max_abs_diff": float(np.abs(outputs - reference).max()), "metric_name": metric, "metric": float(scores[metric]), "size_bytes": int(size), **latency}
+
+
+def _loss(reference: dict[str, Any], row: dict[str, Any]) -> float:
+    """What a row lost against the fp32 row: accuracy points, or the fraction by which MSE rose."""
+    if reference["metric_name"] == "mse":
+        return (row["metric"] - reference["metric"]) / max(reference["metric"], 1e-12)
+    return reference["metric"] - row["metric"]
 
 
 def _percentiles(times: list[float]) -> tuple[float, float]:
@@ -298,7 +316,7 @@ def _int8(
 ) -> tuple[str, dict[str, Any]]:
     """Build the int8 candidates (dynamic; static QDQ calibrated on training examples for models
     with convolutions), verify each, and keep the fastest at batch 1 within the tolerance."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = work / ".prepared.onnx"
@@ -308,26 +326,29 @@ def _int8(
         except Exception:  # noqa: BLE001 - pre-processing only helps; quantise the plain model instead
             shutil.copyfile(work / "model.onnx", prepared)
     candidates: dict[str, Path] = {}
-    try:
-        quantize_dynamic(str(prepared), str(work / ".dynamic.onnx"), weight_type=QuantType.QInt8)
-        candidates["dynamic"] = work / ".dynamic.onnx"
-    except Exception:  # noqa: BLE001 - an operator set dynamic quantisation cannot handle
-        pass
-    if any(isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) for m in model.modules()):
-        train = predictor.split("train")[0][:CALIBRATION_ROWS].numpy()
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # e.g. constant tensors with a zero range
+        warnings.simplefilter("ignore")
         try:
-            quantize_static(str(prepared), str(work / ".static.onnx"), _Reader(train), per_channel=True)
-            candidates["static"] = work / ".static.onnx"
-        except Exception:  # noqa: BLE001
+            quantize_dynamic(str(prepared), str(work / ".dynamic.onnx"), weight_type=QuantType.QInt8)
+            candidates["dynamic"] = work / ".dynamic.onnx"
+        except Exception:  # noqa: BLE001 - an operator set dynamic quantisation cannot handle
             pass
+        if any(isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d)) for m in model.modules()):
+            train = predictor.split("train")[0][:CALIBRATION_ROWS].numpy()
+            try:
+                quantize_static(str(prepared), str(work / ".static.onnx"), _Reader(train), quant_format=QuantFormat.QDQ, per_channel=True)
+                candidates["static"] = work / ".static.onnx"
+            except Exception:  # noqa: BLE001
+                pass
     rows = {}
     for mode, path in candidates.items():
         outputs = _outputs(path, inputs, threads)
-        rows[mode] = _row(f"onnxruntime int8 {mode}", outputs, reference, targets, predictor, path, _ort_latency(path, inputs, threads, repeats))
-    passing = {m: r for m, r in rows.items() if fp32_row["metric"] - r["metric"] <= tolerance}
+        rows[mode] = _row("onnxruntime int8", outputs, reference, targets, predictor, path, _ort_latency(path, inputs, threads, repeats))
+    passing = {m: r for m, r in rows.items() if _loss(fp32_row, r) <= tolerance}
     if not passing:
-        lost = ", ".join(f"{m} {fp32_row['metric'] - r['metric']:.4f}" for m, r in rows.items()) or "no int8 model could be built"
-        raise ExportError(f"int8 quantisation lost more than the tolerance {tolerance} of {fp32_row['metric_name']} ({lost}); nothing was written")
+        lost = ", ".join(f"{m} {_loss(fp32_row, r):.4f}" for m, r in rows.items()) or "no int8 model could be built"
+        what = "raised the test MSE by more than the fraction" if fp32_row["metric_name"] == "mse" else f"lost more {fp32_row['metric_name']} than"
+        raise ExportError(f"int8 quantisation {what} the tolerance {tolerance} ({lost}); nothing was written")
     chosen = min(passing, key=lambda m: passing[m]["p50_b1_ms"])
     os.replace(candidates[chosen], work / "model.int8.onnx")
     for path in [prepared, *candidates.values()]:
