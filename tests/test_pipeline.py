@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import run_cli, tiny_config
+from helpers import REPO, run_cli, tiny_config
 
 from forgeml.errors import ConfigError, ForgeError, RunDirError
 from forgeml.pipeline import run
@@ -105,6 +105,10 @@ def test_stages_are_chosen_per_task():
     assert task_of(regression) == "regression" and stages_for(regression, "regression") == ["train", "evaluate", "audit", "export", "report"]
     with pytest.raises(ForgeError, match="calibrate, attack do not apply to a regression model"):
         stages_for(load_config(table | {"pipeline": ["train", "calibrate", "attack"]}), "regression")
+    texts = load_config(REPO / "examples/sentiment_lstm.yaml")  # packed sequences: export cannot trace them
+    assert "export" not in stages_for(texts, "classification") and "attack" in stages_for(texts, "classification")
+    series = load_config(REPO / "examples/sunspots_gru.yaml")
+    assert stages_for(series, task_of(series)) == ["train", "evaluate", "audit", "export", "report"]
     ordered = load_config(tiny_config() | {"pipeline": ["report", "train", "evaluate"]})
     assert stages_for(ordered, "classification") == ["train", "evaluate", "report"]
     with pytest.raises(ConfigError, match="pipeline"):

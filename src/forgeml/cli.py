@@ -18,7 +18,8 @@ from forgeml.errors import ForgeError
 
 app = typer.Typer(
     name="forgeml",
-    help="From a dataset to a trained, evaluated, explained and hardened model. Start with: forgeml train examples/mnist_cnn.yaml",
+    help="From a dataset to a trained, evaluated, explained, hardened and exported model. Start with: forgeml train examples/mnist_cnn.yaml, "
+    "or all stages at once: forgeml pipeline examples/mnist_cnn.yaml",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -100,8 +101,8 @@ def pipeline(
     overrides: Optional[List[str]] = SetOption,
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain from scratch when the run exists with another config."),
 ) -> None:
-    """From data to a trusted, deployed model in one command: train, evaluate, calibrate, explain,
-    attack, audit, export and report, into one run directory.
+    """Every stage in one command: train, evaluate, calibrate, explain, attack, audit, export and
+    report, into one run directory.
 
     The stages come from the config's pipeline.stages (default: those that apply to the task).
     Run it again and every stage whose result is up to date is skipped; change one stage's
@@ -202,8 +203,8 @@ def calibrate(
     bins: int = typer.Option(15, "--bins", min=2, metavar="N", help="Confidence bins of the ECE and the reliability diagram."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Make a classifier's probabilities honest: fit a temperature on the validation split (temperature
-    scaling), show the expected calibration error (ECE) before and after, and store the temperature
+    """Fit a temperature so that a classifier's probabilities match its accuracy (temperature
+    scaling, on the validation split), show the expected calibration error (ECE) before and after, and store the temperature
     in the run, where forgeml.load, predict and serve apply it. Predicted classes do not change.
     Writes calibration.json and calibration.png (reliability diagrams)."""
     from forgeml.calibration import run as run_calibration
@@ -226,7 +227,7 @@ def report(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
     out: Optional[Path] = typer.Option(None, "--out", metavar="FILE", help="The HTML file (default: RUN/report.html); report.json goes beside it."),
 ) -> None:
-    """One self-contained HTML page of everything the run holds: summary, data, training curves,
+    """Write one self-contained HTML page of everything the run holds: summary, data, training curves,
     evaluation (confusion matrix, most confident mistakes), calibration, explanations, robustness,
     privacy, export and environment. A stage that has not run shows the command that runs it.
     Also writes report.json, the same content for programs."""

@@ -31,7 +31,7 @@ DEFAULT_STAGES = {
     LANGUAGE_MODELLING: ["train", "evaluate", "report"],
 }
 CLASSIFIER_ONLY = {"calibrate", "explain", "attack"}
-NOT_EXPORTABLE = {"rnn", "attention"}  # forgeml.export.RECURRENT: left out of the default stages
+NOT_EXPORTABLE = {"rnn", "attention"}  # forgeml.export.RECURRENT: on texts (packed sequences) export is left out of the defaults
 
 
 @dataclass
@@ -62,7 +62,8 @@ def stages_for(cfg: Any, task: str) -> list[str]:
     chosen = cfg.pipeline.stages
     if chosen is None:
         defaults = list(DEFAULT_STAGES[task])
-        return [s for s in defaults if s != "export" or cfg.model.type not in NOT_EXPORTABLE]
+        texts = any(f.type == "text" for f in cfg.data.features or [])
+        return [s for s in defaults if s != "export" or not (texts and cfg.model.type in NOT_EXPORTABLE)]
     if task != "classification":
         wrong = [s for s in chosen if s in CLASSIFIER_ONLY or (task == LANGUAGE_MODELLING and s in ("audit", "export"))]
         if wrong:
