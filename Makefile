@@ -44,6 +44,7 @@ demo: install
 	$(BIN)/forgeml evaluate $(RUN_DIR) --split test
 	@echo ""
 	@echo "Next, try:"
+	@echo "  $(BIN)/forgeml pipeline examples/mnist_cnn.yaml    # calibrate, explain, attack, audit, export, report: about a minute"
 	@echo "  $(BIN)/forgeml predict $(RUN_DIR) examples/data/digits/seven.png"
 	@echo "  $(BIN)/forgeml train examples/digits_mlp.yaml --set train.lr=0.003"
 	@echo "  $(BIN)/forgeml data inspect examples/sentiment_lstm.yaml"

@@ -115,3 +115,11 @@ def test_calibration_is_for_classifiers_with_a_validation_split(tmp_path: Path):
     regression_dir = forgeml.train(regression, out=tmp_path / "regression", quiet=True).run_dir
     with pytest.raises(DataError, match="calibration is for classifiers"):
         run(regression_dir)
+
+
+def test_a_perfectly_separated_validation_split_does_not_drive_the_temperature_to_zero():
+    logits = torch.tensor([[3.0, -3.0], [-2.0, 2.0]] * 20)
+    targets = torch.tensor([0, 1] * 20)
+    temperature = fit_temperature(logits, targets)
+    assert 0.05 <= temperature < 1  # sharper, but bounded
+    assert fit_temperature(logits * 100, targets) >= 0.05

@@ -30,6 +30,7 @@ from forgeml.plots import figure_png, pyplot
 from forgeml.predictor import CALIBRATION, Predictor, load, model_sha256
 
 PICTURE = "calibration.png"
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 
 
 @dataclass
@@ -79,7 +80,9 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     temperature = float(log_t.detach().exp())
     if not math.isfinite(temperature) or temperature <= 0:
         raise DataError("temperature scaling did not converge on the validation split")
-    return temperature
+    # a validation split the model gets entirely right keeps lowering the loss as T -> 0: stop at
+    # a temperature that still leaves probabilities below 1
+    return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
 def run(target: str | Path | Predictor, split: str = "validation", bins: int = 15, save: bool = True) -> CalibrationResult:

@@ -23,9 +23,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from forgeml.files import atomic_write
 from forgeml.predictor import LANGUAGE_MODELLING, Predictor, load, model_sha256
 from forgeml.report.charts import confusion_png, curves_png, image_png, per_class_png
 from forgeml.report.html import render
+from forgeml.run import json_bytes
 
 HTML = "report.html"
 JSON = "report.json"
@@ -70,9 +72,6 @@ def run(target: str | Path | Predictor, out: Optional[str | Path] = None) -> Rep
     html_path = Path(out) if out is not None else predictor.run / HTML
     json_path = html_path.with_suffix(".json") if out is not None else predictor.run / JSON
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    from forgeml.files import atomic_write
-    from forgeml.run import json_bytes
-
     atomic_write(json_path, json_bytes({k: v for k, v in report.items() if k != "pictures"}))
     atomic_write(html_path, render(report).encode())
     inside = [p.name for p in (html_path, json_path) if p.resolve().parent == predictor.run.path.resolve()]
