@@ -105,7 +105,7 @@ def run(
         started = time.perf_counter()
         label = f"[{index}/{len(stages)}] {name}"
         if name == "train":
-            outcome = _train(cfg, config, overrides or [], path, overwrite, echo, label, quiet_training, command)
+            outcome = _train(cfg, path, overwrite, echo, label, quiet_training, command)
         else:
             outcome = _stage(name, cfg, RunDir.open(path), echo, status, label)
         outcome.seconds = round(time.perf_counter() - started, 2)
@@ -123,9 +123,7 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "pipeline"}  # later stages' settings do not change the model
 
 
-def _train(
-    cfg: Any, config: Any, overrides: list[str], path: Path, overwrite: bool, echo: Callable[[str], None], label: str, quiet: bool, command: Any
-) -> StageOutcome:
+def _train(cfg: Any, path: Path, overwrite: bool, echo: Callable[[str], None], label: str, quiet: bool, command: Any) -> StageOutcome:
     from forgeml.training.job import flatten, train
 
     resolved = _comparable(config_to_dict(cfg))
@@ -139,7 +137,9 @@ def _train(
             echo(f"{label}: resuming the interrupted run {path}")
             trained = train(cfg, resume=path, quiet=quiet, command=command)
             return StageOutcome("train", "ran", 0.0, _headline(trained.metrics))
-        if not same:
+        if same:  # the same run stopped before its first checkpoint: nothing in it to keep
+            overwrite = True
+        else:
             before, now = flatten(saved), flatten(resolved)
             changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
             raise RunDirError(
