@@ -4,6 +4,7 @@ fsynced and renamed, so a crash never leaves a half file under a real name."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,3 +47,19 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def staging_dir(parent: Path, name: str) -> Path:
+    """A new hidden directory in ``parent`` to build ``name`` in before ``replace_dir`` puts it in
+    place, with a plain mkdir's permissions (mkdtemp's 0700 would hide the result from other users)."""
+    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    os.chmod(staged, DIR_MODE)
+    return staged
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Put a complete directory built in ``staged`` at ``final``, replacing what was there."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staged, final)
+    fsync_dir(final.parent)

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 
 from forgeml.errors import RunDirError
-from forgeml.files import DIR_MODE, atomic_write, fsync_dir
+from forgeml.files import atomic_write, replace_dir, staging_dir
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
@@ -178,20 +176,16 @@ class RunDir:
         root = self.path / CHECKPOINTS
         root.mkdir(exist_ok=True)
         name = f"step-{step:06d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        os.chmod(tmp, DIR_MODE)  # mkdtemp's 0700 is not what a plain mkdir gives
+        tmp = staging_dir(root, name)
         try:
             for filename, data in files.items():
                 atomic_write(tmp / filename, data)
             atomic_write(tmp / MANIFEST, json_bytes({"files": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}))
             final = root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        fsync_dir(root)
         atomic_write(root / LATEST, (name + "\n").encode())
         for old in self.checkpoint_names()[keep:]:
             shutil.rmtree(root / old, ignore_errors=True)

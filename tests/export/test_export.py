@@ -86,6 +86,9 @@ def test_a_cnn_bundle_matches_torch_with_its_int8_model_and_describes_itself(cli
     bundle = cnn / "export"
     assert result.bundle == str(bundle) and result.format == "onnx" and result.opset in (17, 18)
     assert sorted(p.name for p in bundle.iterdir()) == ["export.json", "features.json", "model.int8.onnx", "model.onnx"]
+    plain = cnn.parent / "plain"
+    plain.mkdir()
+    assert bundle.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not mkdtemp's 0700
     assert not [p for p in cnn.iterdir() if p.name.startswith(".export")]  # no temporary directory left
     inputs = forgeml.load(cnn).split("test")[0]
     np.testing.assert_allclose(onnx_outputs(bundle / "model.onnx", inputs.numpy()), torch_outputs(cnn, inputs), rtol=0, atol=1e-4)

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from forgeml.errors import ExportError
+from forgeml.files import replace_dir, staging_dir
 from forgeml.metrics import score
 from forgeml.predictor import LANGUAGE_MODELLING, Predictor, load, model_sha256
 
@@ -110,7 +110,7 @@ def run(
     tokens = predictor.features.input_spec.kind == "tokens"
 
     bundle.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
+    work = staging_dir(bundle.parent, bundle.name)
     try:
         _export(model, inputs[: min(4, len(inputs))], work / "model.onnx", tokens, predictor.config.model.type)
         reference = _torch_outputs(model, inputs)
@@ -129,9 +129,7 @@ def run(
             result.mode, int8_row = _int8(predictor, model, inputs, targets, reference, work, torch_row, fp32_row, tolerance, threads, repeats)
             result.rows.append(int8_row)
         _write_bundle(predictor, work, result, tokens)
-        if bundle.exists():
-            shutil.rmtree(bundle)
-        os.replace(work, bundle)
+        replace_dir(work, bundle)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
