@@ -120,8 +120,10 @@ def pipeline(
         command=["forgeml", *sys.argv[1:]],
     )
     ran = sum(s.status == "ran" for s in result.stages)
-    typer.echo(f"{result.run_dir}: {ran} stage(s) ran, {len(result.stages) - ran} up to date; report: {result.run_dir / 'report.html'}"
-               if any(s.name == "report" for s in result.stages) else f"{result.run_dir}: {ran} stage(s) ran, {len(result.stages) - ran} up to date")
+    line = f"{result.run_dir}: {ran} stage(s) ran, {len(result.stages) - ran} up to date"
+    if any(s.name == "report" for s in result.stages):
+        line += f"; report: {result.run_dir / 'report.html'}"
+    typer.echo(line)
 
 
 def _torchrun(

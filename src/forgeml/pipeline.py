@@ -233,14 +233,13 @@ def _calibrate(run: RunDir, options: dict[str, Any]) -> tuple[list[str], str]:
 
 def _explain(run: RunDir, options: dict[str, Any]) -> tuple[list[str], str]:
     from forgeml.explanation import applicable_methods, faithfulness, run_split
+    from forgeml.predictor import load
 
-    examples = run_split(run.path, "test", options["n"], options["method"])
+    predictor = load(run.path)  # once, for the examples and the faithfulness check
+    examples = run_split(predictor, "test", options["n"], options["method"])
     outputs = ["explain.json", *(str(Path(f).relative_to(run.path)) for e in examples.inputs for f in e.files if Path(f).is_relative_to(run.path))]
     summary = f"{options['method']} on {len(examples.inputs)} test examples"
     if options["faithfulness"]:
-        from forgeml.predictor import load
-
-        predictor = load(run.path)
         methods = [m for m in options["faithfulness_methods"] if m in applicable_methods(predictor)]
         checked = faithfulness(predictor, methods, options["faithfulness_n"])
         outputs += checked.files

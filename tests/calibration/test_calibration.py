@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import tiny_config
-from privacy.test_membership import noisy_labels_csv
+from privacy.test_membership import noisy_labels_csv, overfit_config
 
 import forgeml
 from forgeml.calibration import fit_temperature, run
@@ -45,16 +45,7 @@ def test_the_temperature_of_sharpened_logits_is_found_again():
 def overconfident_config(csv: Path) -> dict:
     """An MLP fitted for many epochs to labels that are 30% noise: near-certain on every test row,
     right on about 65% of them."""
-    return tiny_config(
-        data={
-            "source": {"type": "csv", "path": str(csv)},
-            "features": [{"type": "number", "name": f"x{i}"} for i in range(10)],
-            "target": {"type": "category", "name": "label"},
-            "split": {"validation": 0.3, "test": 0.3},
-        },
-        model={"type": "mlp", "hidden": [64]},
-        train={"epochs": 120, "batch_size": 16, "lr": 0.005, "keep_best": False, "log_every": 1000},
-    )
+    return overfit_config(csv, epochs=120, validation=0.3, test=0.3, hidden=64)
 
 
 def test_ece_falls_after_temperature_scaling_of_an_overconfident_model(tmp_path: Path):

@@ -28,15 +28,16 @@ def noisy_labels_csv(path: Path, rows: int = 240, seed: int = 0) -> Path:
     return path
 
 
-def overfit_config(csv: Path, epochs: int, lr: float = 0.005) -> dict:
+def overfit_config(csv: Path, epochs: int, lr: float = 0.005, validation: float = 0.1, test: float = 0.4, hidden: int = 128) -> dict:
+    """An MLP on ``noisy_labels_csv`` that, given enough epochs, memorises the flipped rows."""
     return tiny_config(
         data={
             "source": {"type": "csv", "path": str(csv)},
             "features": [{"type": "number", "name": f"x{i}"} for i in range(10)],
             "target": {"type": "category", "name": "label"},
-            "split": {"validation": 0.1, "test": 0.4},
+            "split": {"validation": validation, "test": test},
         },
-        model={"type": "mlp", "hidden": [128]},
+        model={"type": "mlp", "hidden": [hidden]},
         train={"epochs": epochs, "batch_size": 16, "lr": lr, "keep_best": False, "log_every": 1000},
     )
 

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -35,6 +36,7 @@ from forgeml.errors import ExportError
 from forgeml.files import replace_dir, staging_dir
 from forgeml.metrics import score
 from forgeml.predictor import LANGUAGE_MODELLING, Predictor, load, model_sha256
+from forgeml.run import sha256_file
 
 RESULT = "export.json"
 BUNDLE = "export"
@@ -173,8 +175,6 @@ def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, tokens: b
 
 def _plain(text: str) -> str:
     """Text without terminal colour codes."""
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
@@ -193,7 +193,7 @@ def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens
         "run": str(run.path.resolve()),
         "model_type": predictor.config.model.type,
         "model_sha256": model_sha256(run),
-        "manifest_sha256": _sha256(run / "manifest.json"),
+        "manifest_sha256": sha256_file(run / "manifest.json"),
         "task": predictor.task,
         "input": {
             "name": "inputs",
@@ -217,12 +217,6 @@ def _strings(data: Any) -> list[str]:
     if isinstance(data, list):
         return [s for v in data for s in _strings(v)]
     return [data] if isinstance(data, str) else []
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

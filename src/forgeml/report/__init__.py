@@ -11,23 +11,24 @@ confident mistakes. A stage that has not run gets a one-line note with the comma
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import importlib.metadata
 import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
+from forgeml.errors import DataError
 from forgeml.files import atomic_write
 from forgeml.predictor import LANGUAGE_MODELLING, Predictor, load, model_sha256
 from forgeml.report.charts import confusion_png, curves_png, image_png, per_class_png
 from forgeml.report.html import render
-from forgeml.run import json_bytes
+from forgeml.run import json_bytes, sha256_file
 
 HTML = "report.html"
 JSON = "report.json"
@@ -89,20 +90,21 @@ def collect(predictor: Predictor) -> dict[str, Any]:
     """The report as plain data: every section, the notes for missing ones, and the pictures (PNG
     bytes, which the HTML embeds and report.json leaves out)."""
     run = predictor.run
+    split = functools.cache(predictor.split)  # each split is encoded once, whichever sections read it
     metrics = run.read_json("metrics.json") if (run / "metrics.json").is_file() else {}
     stage = {name: _read(predictor, name) for name in ("evaluate.json", "calibration.json", "explain.json", "attack.json", "audit.json", "export.json")}
     pictures: dict[str, bytes] = {}
     report: dict[str, Any] = {"run": str(run.path), "generated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    report["data"] = _data(predictor)
+    report["data"] = _data(predictor, split)
     report["training"] = _training(predictor, metrics, pictures)
-    report["evaluation"] = _evaluation(predictor, metrics, stage["evaluate.json"], pictures)
+    report["evaluation"] = _evaluation(predictor, metrics, stage["evaluate.json"], pictures, split)
     report["calibration"] = _calibration(predictor, stage["calibration.json"], pictures)
     report["explanations"] = _explanations(predictor, stage["explain.json"], pictures)
     report["robustness"] = _robustness(predictor, stage["attack.json"], pictures)
     report["privacy"] = _privacy(predictor, metrics, stage["audit.json"], pictures)
     report["export"] = stage["export.json"].get("onnx") if stage["export.json"] else None
     report["environment"] = _environment(predictor, metrics)
-    report["summary"] = _summary(predictor, metrics, report)
+    report["summary"] = _summary(predictor, metrics, report, None if predictor.task == LANGUAGE_MODELLING else split("test")[0][:1])
     applies = _applicable(predictor)
     report["missing"] = {
         name: command.format(run=run.path) for name, command in COMMANDS.items() if report.get(name) is None and name in applies
@@ -135,7 +137,7 @@ def _picture(predictor: Predictor, name: str, pictures: dict[str, bytes]) -> Opt
     return None
 
 
-def _data(predictor: Predictor) -> dict[str, Any]:
+def _data(predictor: Predictor, split: Callable[[str], Any]) -> dict[str, Any]:
     config = predictor.config
     state = predictor.run.read_json("features.json")
     data: dict[str, Any] = {
@@ -152,13 +154,13 @@ def _data(predictor: Predictor) -> dict[str, Any]:
     data["target"] = _describe_feature(state["target"]) if state.get("target") else None
     if predictor.task == "classification":
         balance = {}
-        for split in ("train", "validation", "test"):
+        for name in ("train", "validation", "test"):
             try:
-                targets = predictor.split(split)[1].numpy()
-            except Exception:  # an empty split  # noqa: BLE001
+                targets = split(name)[1].numpy()
+            except DataError:  # an empty split
                 continue
             counts = np.bincount(targets, minlength=len(predictor.label_names))
-            balance[split] = {name: int(c) for name, c in zip(predictor.label_names, counts)}
+            balance[name] = {label: int(c) for label, c in zip(predictor.label_names, counts)}
         data["class_balance"] = balance
     return data
 
@@ -202,7 +204,9 @@ def _training(predictor: Predictor, metrics: dict[str, Any], pictures: dict[str,
     }
 
 
-def _evaluation(predictor: Predictor, metrics: dict[str, Any], evaluated: Optional[dict[str, Any]], pictures: dict[str, bytes]) -> Optional[dict[str, Any]]:
+def _evaluation(
+    predictor: Predictor, metrics: dict[str, Any], evaluated: Optional[dict[str, Any]], pictures: dict[str, bytes], split: Callable[[str], Any]
+) -> Optional[dict[str, Any]]:
     if evaluated and "test" in evaluated:
         result, source = dict(evaluated["test"]), "evaluate.json"
     elif "test" in metrics.get("splits", {}):  # the end of training scores the test split too
@@ -220,14 +224,14 @@ def _evaluation(predictor: Predictor, metrics: dict[str, Any], evaluated: Option
         pictures["confusion"] = confusion_png(result["confusion_matrix"], result["label_names"])
         pictures["per_class"] = per_class_png(result["per_class"])
     if predictor.task != LANGUAGE_MODELLING:
-        result["mistakes"] = _mistakes(predictor, pictures)
+        result["mistakes"] = _mistakes(predictor, pictures, split("test"))
     return result
 
 
-def _mistakes(predictor: Predictor, pictures: dict[str, bytes]) -> list[dict[str, Any]]:
+def _mistakes(predictor: Predictor, pictures: dict[str, bytes], test: tuple[torch.Tensor, torch.Tensor, Any]) -> list[dict[str, Any]]:
     """The test split's most confident wrong predictions (classification) or largest errors
     (regression), with what a person needs to look at them."""
-    inputs, targets, table = predictor.split("test")
+    inputs, targets, table = test
     outputs = predictor.outputs(inputs)
     if predictor.task == "classification":
         probabilities = torch.softmax(outputs / predictor.temperature, -1)
@@ -338,15 +342,16 @@ def _environment(predictor: Predictor, metrics: dict[str, Any]) -> dict[str, Any
         "device": metrics.get("training", {}).get("device"),
         "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest(),
+        "manifest_sha256": sha256_file(manifest),
         "model_sha256": model_sha256(predictor.run),
         "config": (predictor.run / "config.yaml").read_text(encoding="utf-8"),
     }
 
 
-def model_size(predictor: Predictor) -> dict[str, Optional[int]]:
+def model_size(predictor: Predictor, example: Optional[torch.Tensor] = None) -> dict[str, Optional[int]]:
     """Parameters, and multiply-accumulates for one example (torch's FLOP counter over one forward
-    pass: matrix multiplies, convolutions and attention; recurrences it does not count show as 0)."""
+    pass: matrix multiplies, convolutions and attention; recurrences it does not count show as 0).
+    ``example``: one encoded input (default: the first of the test split)."""
     parameters = sum(p.numel() for p in predictor.model.parameters())
     macs: Optional[int] = None
     try:
@@ -354,7 +359,7 @@ def model_size(predictor: Predictor) -> dict[str, Optional[int]]:
 
         if predictor.task == LANGUAGE_MODELLING:
             example = torch.zeros(1, min(predictor.features.context, 64), dtype=torch.long)
-        else:
+        elif example is None:
             example = predictor.split("test")[0][:1]
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             predictor.model(example.to(predictor.device))
@@ -364,7 +369,7 @@ def model_size(predictor: Predictor) -> dict[str, Optional[int]]:
     return {"parameters": int(parameters), "macs": macs}
 
 
-def _summary(predictor: Predictor, metrics: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _summary(predictor: Predictor, metrics: dict[str, Any], report: dict[str, Any], example: Optional[torch.Tensor]) -> dict[str, Any]:
     evaluation = report["evaluation"] or {}
     scores = evaluation.get("metrics", {})
     headline_name = next((k for k in ("accuracy", "r2", "perplexity", "mse") if k in scores), None)
@@ -395,7 +400,7 @@ def _summary(predictor: Predictor, metrics: dict[str, Any], report: dict[str, An
     return {
         "task": predictor.task,
         "model": model_type,
-        **model_size(predictor),
+        **model_size(predictor, example),
         "rows": report["data"]["rows"],
         "headline": {"metric": headline_name, "value": scores.get(headline_name), "split": "test"} if headline_name else None,
         "trust": trust,

@@ -3,6 +3,7 @@ scores and input images, each as PNG bytes."""
 
 from __future__ import annotations
 
+import io
 from typing import Any, Optional
 
 import numpy as np
@@ -89,8 +90,6 @@ def image_png(encoded: torch.Tensor, normalisation: Any) -> bytes:
     picture = Image.fromarray(array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0)))
     scale = max(1, 84 // max(picture.size))
     picture = picture.resize((picture.size[0] * scale, picture.size[1] * scale), Image.NEAREST)
-    import io
-
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
