@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 RUN_DIR ?= runs/mnist_cnn
 
-.PHONY: demo test install dev benchmark browser clean
+.PHONY: demo test install dev runtime benchmark browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,26 @@ install: $(VENV)/.install
 
 dev: $(VENV)/.dev
 
+# The edge runtime alone (runtime/pyproject.toml): its wheel, and a virtualenv with nothing but the
+# wheel and its declared dependencies (no torch), in which the suite checks that a bundle predicts
+# as the run does. On a device: pip install dist/forgeml_runtime-*.whl (with [text] for text models).
+RUNTIME_VENV ?= .venv-runtime
+RUNTIME_WHEEL := dist/forgeml_runtime-0.1.0-py3-none-any.whl
+
+$(RUNTIME_WHEEL): runtime/pyproject.toml $(shell find src/forgeml -maxdepth 1 -name '*.py') $(wildcard src/forgeml/data/*.py src/forgeml/runtime/*.py) | $(VENV)/.package
+	@rm -rf runtime/build
+	@$(PIP) wheel --no-deps --no-build-isolation -w dist ./runtime > $(VENV)/.runtime-wheel.log 2>&1 || { cat $(VENV)/.runtime-wheel.log; exit 1; }
+	@rm -rf runtime/build runtime/*.egg-info
+
+$(RUNTIME_VENV)/.installed: $(RUNTIME_WHEEL)
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	@$(RUNTIME_VENV)/bin/python -m pip --disable-pip-version-check -q install --force-reinstall --no-deps "$(RUNTIME_WHEEL)" > $(VENV)/.runtime.log 2>&1 \
+		&& $(RUNTIME_VENV)/bin/python -m pip --disable-pip-version-check -q install "$(RUNTIME_WHEEL)[text]" >> $(VENV)/.runtime.log 2>&1 \
+		|| { cat $(VENV)/.runtime.log; exit 1; }
+	@touch $@
+
+runtime: $(RUNTIME_VENV)/.installed
+
 demo: install
 	$(BIN)/forgeml train examples/mnist_cnn.yaml --out $(RUN_DIR) --overwrite
 	$(BIN)/forgeml evaluate $(RUN_DIR) --split test
@@ -52,7 +72,7 @@ demo: install
 	@echo "  $(BIN)/forgeml config show examples/mnist_cnn.yaml"
 	@echo "  $(BIN)/forgeml --help"
 
-test: dev
+test: dev runtime
 	$(BIN)/python -m pytest -q
 
 # Debian's chromium, for the test that renders the report headless (skipped, with the reason, without it)
@@ -63,4 +83,4 @@ benchmark: install
 	$(BIN)/python benchmarks/trainer_overhead.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache dist $(RUNTIME_VENV)

@@ -252,7 +252,8 @@ def predict(
     Each line holds the input, then the label and class probabilities (classification) or the value
     (regression).
     """
-    from forgeml.predictor import IMAGE_SUFFIXES, load
+    from forgeml.data.sources import IMAGE_SUFFIXES
+    from forgeml.predictor import load
 
     predictor = load(run)
     rows, predictions = predictor.predict_rows([str(p) for p in inputs])

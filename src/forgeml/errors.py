@@ -32,3 +32,7 @@ class CheckpointError(ForgeError):
 
 class ExportError(ForgeError):
     """A model cannot be exported, or the exported model does not match the trained one."""
+
+
+class BundleError(ForgeError):
+    """An export bundle is missing, incomplete or corrupt, or cannot run here."""

@@ -3,6 +3,7 @@ fsynced and renamed, so a crash never leaves a half file under a real name."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -63,3 +64,12 @@ def replace_dir(staged: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(staged, final)
     fsync_dir(final.parent)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -12,16 +12,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from forgeml.attribution import AttributionSpace, attribute, per_feature
 from forgeml.config import validate_config
 from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, evaluation_windows
+from forgeml.data import raw
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
-from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parquet
 from forgeml.data.table import Table
 from forgeml.errors import DataError, RunDirError
 from forgeml.models.generation import generate
@@ -245,24 +244,14 @@ class Predictor:
 
     def decode(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         """Readable predictions: label and probabilities, or a value in the target's units."""
-        if self.task == "classification":
-            probabilities = torch.softmax(outputs / self.temperature, dim=-1).numpy()
-            return [
-                {
-                    "label": self.label_names[int(row.argmax())],
-                    "probabilities": {name: round(float(p), 6) for name, p in zip(self.label_names, row)},
-                }
-                for row in probabilities
-            ]
-        values = self.features.decode_regression(outputs.numpy())
-        return [{"value": float(v)} for v in values]
+        return raw.decode(self.features, outputs.numpy(), self.temperature)
 
     def predict(self, inputs: Any) -> list[dict[str, Any]]:
         """Predict raw inputs.
 
         Args:
-            inputs: a CSV, JSON Lines or Parquet path; image file paths (a path or a list of paths); a list of row dicts;
-                a dict of columns; or a ``Table``.
+            inputs: a CSV, JSON Lines or Parquet path; image file paths (a path or a list of paths); a numpy
+                array of images; a list of row dicts; a dict of columns; or a ``Table`` (see ``forgeml.data.raw``).
 
         Returns:
             One dict per input row: ``{"label", "probabilities"}`` or ``{"value"}``. For a sequence
@@ -283,48 +272,7 @@ class Predictor:
 
     def to_table(self, inputs: Any) -> Table:
         """Raw inputs (see ``predict``) as a Table of the model's input columns."""
-        if isinstance(inputs, Table):
-            return inputs
-        if isinstance(inputs, (str, Path)):
-            inputs = [inputs]
-        if isinstance(inputs, dict):
-            columns = {k: np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for k, v in inputs.items()}
-            return Table.single(columns, "input")
-        items = list(inputs)
-        if items and all(isinstance(i, (str, Path)) for i in items):
-            paths = [Path(i) for i in items]
-            if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
-                return self._image_table(paths)
-            if len(paths) == 1 and paths[0].suffix.lower() in (".csv", ".tsv"):
-                return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
-            if len(paths) == 1 and paths[0].suffix.lower() in (".jsonl", ".ndjson"):
-                return read_jsonl(paths[0])
-            if len(paths) == 1 and paths[0].suffix.lower() == ".parquet":
-                return read_parquet(paths[0])
-            raise DataError(
-                f"give one CSV or JSON Lines file, or image files ({', '.join(sorted(IMAGE_SUFFIXES))}), or one Parquet file; "
-                f"got {', '.join(map(str, paths[:3]))}"
-            )
-        if items and all(isinstance(i, dict) for i in items):
-            names = self.features.columns
-            missing = [n for n in names if any(n not in row for row in items)]
-            if missing:
-                raise DataError(f"input rows need the columns {', '.join(names)}; missing {', '.join(missing)}")
-            return Table.single({n: np.array([row[n] for row in items], dtype=object) for n in names}, "input")
-        raise DataError("nothing to predict: give a CSV file, image files, or rows")
-
-    def _image_table(self, paths: list[Path]) -> Table:
-        image_features = [f for f in self.features.inputs if f.kind == "image"]
-        if not image_features:
-            raise DataError(f"this model takes the columns {', '.join(self.features.columns)}, not images: give a CSV file")
-        for path in paths:
-            if not path.is_file():
-                raise DataError(f"{path}: no such image file")
-        table = Table.single({image_features[0].cfg.name: np.array([str(p.resolve()) for p in paths], dtype=object)}, "input", base_dir=Path.cwd())
-        table.origins = [str(p) for p in paths]
-        table.origin_index = np.arange(len(paths))
-        table.line = np.ones(len(paths), dtype=np.int64)
-        return table
+        return raw.to_table(self.features, inputs)
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Predictor:

@@ -21,20 +21,12 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from forgeml.errors import RunDirError
-from forgeml.files import atomic_write, replace_dir, staging_dir
+from forgeml.files import atomic_write, replace_dir, sha256_file, staging_dir
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def json_bytes(data: Any) -> bytes:

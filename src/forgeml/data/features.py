@@ -8,15 +8,16 @@ JSON. ``Features`` bundles the input features and the target, and is what ``feat
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from forgeml.config import Section
+from forgeml.data.resize import resize_bilinear
 from forgeml.data.table import Table
 from forgeml.errors import ConfigError, DataError
 from forgeml.inputs import InputSpec
@@ -268,12 +269,9 @@ class ImageFeature:
     def _resize(self, images: np.ndarray) -> np.ndarray:
         if self._size is None or tuple(images.shape[-2:]) == self._size:
             return images
-        resized = torch.nn.functional.interpolate(
-            torch.from_numpy(images), size=self._size, mode="bilinear", align_corners=False, antialias=True
-        )
-        return resized.numpy()
+        return resize_bilinear(images, self._size)
 
-    def _read_file(self, path: Path) -> np.ndarray:
+    def _read_file(self, path: Path | io.BytesIO, label: str) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -285,36 +283,52 @@ class ImageFeature:
                     image = image.resize((self._size[1], self._size[0]), Image.BILINEAR)
                 return np.asarray(image, dtype=np.float32) / 255.0
         except FileNotFoundError:
-            raise ValueError(f"no such image file {str(path)!r}") from None
+            raise ValueError(f"no such image file {label}") from None
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot decode image {str(path)!r} ({exc.__class__.__name__})") from None
+            raise ValueError(f"cannot decode image {label} ({exc.__class__.__name__})") from None
+
+    @staticmethod
+    def _source(raw: Any, table: Table, i: int) -> tuple[Path | io.BytesIO, str]:
+        """Where row i's image is read from, and how a message names it: a file path (relative to
+        the file that names it), or the bytes of an encoded image (an upload to ``forgeml serve``)."""
+        if isinstance(raw, (bytes, bytearray)):
+            return io.BytesIO(raw), "bytes"
+        path = Path(str(raw).strip())
+        if not path.is_absolute():
+            origin = Path(table.origins[table.origin_index[i]])
+            base = origin.parent if origin.is_file() else (table.base_dir or Path.cwd())
+            path = base / path
+        return path, repr(str(path))
 
     def parse(self, column: np.ndarray, table: Table) -> Parsed:
         if column.dtype != object:  # an array column: N x H x W (grey) or N x H x W x C
             images = column.astype(np.float32)
             images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-            if self.cfg.channels == 3 and images.shape[1] == 1:
+            # once fitted, new images take the training images' channels (as files do in _as_chw)
+            channels = self.cfg.channels or (self.shape[0] if self.fitted and self.shape else None)
+            if channels == 3 and images.shape[1] == 1:
                 images = np.repeat(images, 3, axis=1)
-            elif self.cfg.channels == 1 and images.shape[1] == 3:
+            elif channels == 1 and images.shape[1] == 3:
                 images = images.mean(axis=1, keepdims=True)
             images = self._resize(images)
+            if self.fitted and self.shape and tuple(images.shape[1:]) != tuple(self.shape):
+                raise DataError(
+                    f"column {self.cfg.name!r}: images of {images.shape[1]} channels, {images.shape[2]}x{images.shape[3]}; "
+                    f"this model takes {self.shape[0]} channels, {self.shape[1]}x{self.shape[2]}"
+                )
             self.shape = self.shape or tuple(images.shape[1:])  # type: ignore[assignment]
             return Parsed(images)
         loaded: list[np.ndarray | None] = []
         bad = np.zeros(len(column), dtype=bool)
         reasons: dict[int, str] = {}
         for i, raw in enumerate(column):
-            path = Path(str(raw).strip())
-            if not path.is_absolute():
-                origin = Path(table.origins[table.origin_index[i]])
-                base = origin.parent if origin.is_file() else (table.base_dir or Path.cwd())
-                path = base / path
+            source, label = self._source(raw, table, i)
             try:
-                image = self._as_chw(self._read_file(path))
+                image = self._as_chw(self._read_file(source, label))
                 if self.shape is None:
                     self.shape = image.shape  # type: ignore[assignment]
                 elif image.shape != self.shape:
-                    raise ValueError(f"image {str(path)!r} is {image.shape[1]}x{image.shape[2]}, others are "
+                    raise ValueError(f"image {label} is {image.shape[1]}x{image.shape[2]}, others are "
                                      f"{self.shape[1]}x{self.shape[2]}; set `size` to resize")
                 loaded.append(image)
             except ValueError as exc:
@@ -697,23 +711,37 @@ class Features:
             feature.fit(train.columns[feature.cfg.name])
         self.target.fit(train.columns[self.target_key])
 
-    def transform_inputs(self, table: Table) -> torch.Tensor:
-        """Model inputs of parsed rows (see ``forgeml.inputs``): N x D floats for numbers and categories,
-        N x C x H x W for an image, N x L int64 token ids for a text, N x T x F windows for sequences."""
+    def encode_inputs(self, table: Table) -> np.ndarray:
+        """Model inputs of parsed rows as a numpy array (see ``forgeml.inputs``): N x D floats for numbers
+        and categories, N x C x H x W for an image, N x L int64 token ids for a text, N x T x F windows
+        for sequences. The edge runtime feeds this to ONNX Runtime; training wraps it in a tensor."""
         parts = [f.transform(table.columns[f.cfg.name]) for f in self.inputs]
         if len(parts) == 1:
             array = parts[0]
         else:  # vectors side by side; sequences as the features of each time step
             array = np.concatenate(parts, axis=2 if self.inputs[0].kind == "sequence" else 1)
         dtype = np.int64 if self.inputs[0].kind == "tokens" else np.float32
-        return torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        return np.ascontiguousarray(array, dtype=dtype)
 
-    def transform_target(self, table: Table) -> torch.Tensor:
+    def encode_target(self, table: Table) -> np.ndarray:
         """Class indices (int64) or normalised numbers (float32) of parsed rows."""
         values = table.columns[self.target_key]
         if self.task == "classification":
-            return torch.from_numpy(self.target.indices(values, table))
-        return torch.from_numpy(self.target.transform(values).reshape(-1))
+            return self.target.indices(values, table)
+        return self.target.transform(values).reshape(-1)
+
+    def transform_inputs(self, table: Table) -> Any:
+        """``encode_inputs`` as a torch tensor (torch is imported here, not by this module: the edge
+        runtime uses these features without it)."""
+        import torch
+
+        return torch.from_numpy(self.encode_inputs(table))
+
+    def transform_target(self, table: Table) -> Any:
+        """``encode_target`` as a torch tensor."""
+        import torch
+
+        return torch.from_numpy(self.encode_target(table))
 
     def persistence(self, table: Table) -> tuple[np.ndarray, np.ndarray] | None:
         """For a forecast of a series from its own windows: the last value of each window (the

@@ -42,8 +42,10 @@ class Table:
         return len(self.line)
 
     def where(self, row: int) -> str:
-        """Human-readable origin of a row, e.g. ``data/train.csv, line 12``."""
-        return f"{self.origins[self.origin_index[row]]}, line {self.line[row]}"
+        """Human-readable origin of a row, e.g. ``data/train.csv, line 12`` (line 0: the origin alone,
+        e.g. ``instances[3]`` of a request to ``forgeml serve``)."""
+        origin = self.origins[self.origin_index[row]]
+        return f"{origin}, line {self.line[row]}" if self.line[row] else origin
 
     def take(self, index: np.ndarray) -> "Table":
         """The rows at ``index`` (a boolean mask or integer positions)."""

@@ -206,6 +206,8 @@ def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens
         "label_names": predictor.label_names,
         "temperature": predictor.temperature,
         "files": sorted(p.name for p in work.iterdir()) + ["export.json"],
+        # what the runtime checks on load: a bundle copied to a device arrives whole or is refused
+        "sha256": {p.name: sha256_file(p) for p in sorted(work.iterdir()) if p.is_file() and not p.name.startswith(".")},
         "verification": result.to_dict(),
     }
     (work / "export.json").write_text(json.dumps(description, indent=2) + "\n")

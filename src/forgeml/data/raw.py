@@ -1,0 +1,117 @@
+"""Raw inputs in, readable predictions out: the two ends of inference that need no torch.
+
+``Predictor.predict`` (torch) and the edge runtime (``forgeml.runtime``, ONNX Runtime) both turn
+what a user gives (a CSV, JSON Lines or Parquet path, image files or arrays, row dicts, a dict of
+columns) into a ``Table`` with ``to_table``, and turn model outputs into labels and probabilities,
+or values in the target's units, with ``decode``. Keeping both here means the two paths cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parquet
+from forgeml.data.table import Table
+from forgeml.errors import DataError
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` in float64 (then float32), stable for large logits."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def decode(features: Any, outputs: np.ndarray, temperature: float = 1.0) -> list[dict[str, Any]]:
+    """Readable predictions of raw model outputs: ``{"label", "probabilities"}`` per row for a
+    classifier (probabilities calibrated by ``temperature``), ``{"value"}`` in the target's units
+    for a regressor."""
+    if features.task == "classification":
+        names = features.label_names
+        return [
+            {"label": names[int(row.argmax())], "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}
+            for row in softmax(outputs, temperature)
+        ]
+    values = features.decode_regression(np.asarray(outputs))
+    return [{"value": float(v)} for v in values]
+
+
+def to_table(features: Any, inputs: Any) -> Table:
+    """Raw inputs as a Table of the model's input columns.
+
+    Args:
+        features: the fitted ``Features`` of the model.
+        inputs: a CSV, TSV, JSON Lines or Parquet path; image file paths (one or a list); a numpy
+            array of images (N x H x W or N x H x W x C, on the scale of the training images); a
+            list of row dicts; a dict of columns; or a ``Table``.
+
+    Raises:
+        DataError: a file is missing or of an unknown kind, or a row lacks a column.
+    """
+    if isinstance(inputs, Table):
+        return inputs
+    if isinstance(inputs, np.ndarray) and inputs.dtype != object:
+        return _array_table(features, inputs)
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    if isinstance(inputs, dict):
+        columns = {k: np.asarray(v, dtype=object) if not isinstance(v, np.ndarray) else v for k, v in inputs.items()}
+        return Table.single(columns, "input")
+    items = list(inputs)
+    if items and all(isinstance(i, (str, Path)) for i in items):
+        return _file_table(features, [Path(i) for i in items])
+    if items and all(isinstance(i, dict) for i in items):
+        names = features.columns
+        missing = [n for n in names if any(n not in row for row in items)]
+        if missing:
+            raise DataError(f"input rows need the columns {', '.join(names)}; missing {', '.join(missing)}")
+        return Table.single({n: np.array([row[n] for row in items], dtype=object) for n in names}, "input")
+    raise DataError("nothing to predict: give a CSV file, image files, or rows")
+
+
+def _file_table(features: Any, paths: list[Path]) -> Table:
+    if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+        return _image_table(features, paths)
+    if len(paths) == 1 and paths[0].suffix.lower() in (".csv", ".tsv"):
+        return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
+    if len(paths) == 1 and paths[0].suffix.lower() in (".jsonl", ".ndjson"):
+        return read_jsonl(paths[0])
+    if len(paths) == 1 and paths[0].suffix.lower() == ".parquet":
+        return read_parquet(paths[0])
+    raise DataError(
+        f"give one CSV or JSON Lines file, or image files ({', '.join(sorted(IMAGE_SUFFIXES))}), or one Parquet file; "
+        f"got {', '.join(map(str, paths[:3]))}"
+    )
+
+
+def _image_column(features: Any) -> str:
+    image_features = [f for f in features.inputs if f.kind == "image"]
+    if not image_features:
+        raise DataError(f"this model takes the columns {', '.join(features.columns)}, not images: give a CSV file")
+    return image_features[0].cfg.name
+
+
+def _image_table(features: Any, paths: list[Path]) -> Table:
+    name = _image_column(features)
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file")
+    table = Table.single({name: np.array([str(p.resolve()) for p in paths], dtype=object)}, "input", base_dir=Path.cwd())
+    table.origins = [str(p) for p in paths]
+    table.origin_index = np.arange(len(paths))
+    table.line = np.ones(len(paths), dtype=np.int64)
+    return table
+
+
+def _array_table(features: Any, images: np.ndarray) -> Table:
+    name = _image_column(features)
+    if images.ndim not in (3, 4) or images.size == 0:
+        raise DataError(f"an array of images is N x H x W or N x H x W x C; got shape {list(images.shape)}")
+    if not np.issubdtype(images.dtype, np.number) or not np.isfinite(images).all():
+        raise DataError("an array of images must hold finite numbers")
+    return Table.single({name: images.astype(np.float32)}, "input")
