@@ -450,6 +450,56 @@ def export(
 
 
 # --------------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve_help(name: str) -> str:
+    from forgeml.serve.settings import ServeSettings
+
+    return ServeSettings.model_fields[name].description or ""
+
+
+@app.command()
+def serve(
+    target: str = typer.Argument(..., metavar="RUN_OR_BUNDLE", help=_serve_help("target")),
+    host: str = typer.Option("127.0.0.1", "--host", help=_serve_help("host")),
+    port: int = typer.Option(8000, "--port", help=_serve_help("port")),
+    backend: Optional[str] = typer.Option(None, "--backend", metavar="torch|onnx", help=_serve_help("backend")),
+    name: Optional[str] = typer.Option(None, "--name", help=_serve_help("name")),
+    max_batch: int = typer.Option(16, "--max-batch", metavar="N", help=_serve_help("max_batch")),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", metavar="MS", help=_serve_help("max_wait_ms")),
+    max_queue: int = typer.Option(100, "--max-queue", metavar="N", help=_serve_help("max_queue")),
+    max_body_bytes: str = typer.Option("10MiB", "--max-body-bytes", metavar="SIZE", help=_serve_help("max_body_bytes")),
+    max_text_chars: int = typer.Option(100_000, "--max-text-chars", metavar="N", help=_serve_help("max_text_chars")),
+    timeout_s: float = typer.Option(30.0, "--timeout-s", metavar="S", help=_serve_help("timeout_s")),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", metavar="F", help=_serve_help("token_file")),
+    workers: int = typer.Option(1, "--workers", metavar="N", help=_serve_help("workers")),
+    threads: Optional[int] = typer.Option(None, "--threads", metavar="N", help=_serve_help("threads")),
+) -> None:
+    """Serve a model over HTTP: POST /v1/predict, GET /v1/metadata, /healthz, /readyz, /metrics, the
+    Open Inference Protocol under /v2, the OpenAPI document at /openapi.json and a playground at /.
+    Concurrent requests are batched. Stop it with Ctrl-C or SIGTERM: accepted requests finish first."""
+    options = dict(locals())
+    from pydantic import ValidationError
+
+    from forgeml.errors import ConfigError
+    from forgeml.serve import serve as run_server
+    from forgeml.serve.settings import ServeSettings
+
+    try:
+        settings = ServeSettings(**options)
+    except ValidationError as exc:
+        problems = [f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+    def listening(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        typer.echo(f"serving {target} on http://{shown}:{port} (playground: http://{shown}:{port}/, API: /docs); Ctrl-C to stop", err=True)
+
+    run_server(settings, on_listening=listening)
+
+
+# --------------------------------------------------------------------------------------------------
 # data
 
 
