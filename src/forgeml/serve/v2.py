@@ -183,7 +183,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
 
 
 def add_v2_routes(app: FastAPI, state: Any) -> None:
-    from forgeml import __version__
+    from importlib.metadata import version as package_version
 
     def named(name: str) -> ServedModel:
         model, _ = state.require_model()
@@ -193,7 +193,7 @@ def add_v2_routes(app: FastAPI, state: Any) -> None:
 
     @app.get("/v2", summary="OIP server metadata.")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "forgeml", "version": __version__, "extensions": []}
+        return {"name": "forgeml", "version": package_version("forgeml"), "extensions": []}
 
     @app.get("/v2/health/live", summary="OIP liveness.")
     async def live() -> dict[str, bool]:
