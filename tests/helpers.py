@@ -96,6 +96,8 @@ def review_classifier(csv: Path, model: dict[str, Any], **train: Any) -> dict[st
 
 
 TINY_LM_TEXT = "the cat sat on the mat. the dog lay on the rug. a bird sang in the tree.\n"
+# a chat template of the kind instruction-tuned models ship (role header, content, end of turn)
+TINY_CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
 
 
 def make_tiny_causal_lm(directory: Path, context: int = 64) -> Path:
@@ -114,6 +116,7 @@ def make_tiny_causal_lm(directory: Path, context: int = 64) -> Path:
     )
     tokenizer.train_from_iterator([TINY_LM_TEXT] * 20, trainer)
     wrapper = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", model_max_length=context)
+    wrapper.chat_template = TINY_CHAT_TEMPLATE
     wrapper.save_pretrained(str(directory))
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -130,6 +130,22 @@ class Predictor:
         Sampling is reproducible from ``seed``; temperature 0 is greedy. Pieces never split a
         character: bytes of an unfinished UTF-8 character wait for the token that completes it.
         """
+        for piece, _ in self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
+            yield piece
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        eos_id: int | None = None,
+    ) -> Iterator[tuple[str, int]]:
+        """``generate_stream`` that also says how many tokens have been chosen with each piece, and
+        stops after ``eos_id`` (a chat model's end of turn; its text is not yielded)."""
         if self.task != LANGUAGE_MODELLING:
             raise DataError(f"{self.run.path} is a {self.task} model; generate needs a language model (data.corpus with model.type gpt or a pretrained causal LM)")
         ids = self.features.encode(prompt) if prompt else []
@@ -138,18 +154,20 @@ class Predictor:
         new: list[int] = []
         shown = ""
         for token in generate(
-            self.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+            self.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id
         ):
+            if token == eos_id:
+                break
             new.append(token)
             text = self.features.decode(new)
             if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
                 continue
             if len(text) > len(shown):
-                yield text[len(shown) :]
+                yield text[len(shown) :], len(new)
                 shown = text
         text = self.features.decode(new)
         if len(text) > len(shown):
-            yield text[len(shown) :]
+            yield text[len(shown) :], len(new)
 
     def generate(self, prompt: str, max_new_tokens: int = 200, **sampling: Any) -> str:
         """The continuation of ``prompt`` (see ``generate_stream`` for the options)."""

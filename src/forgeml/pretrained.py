@@ -214,12 +214,15 @@ class PretrainedTokenizer:
         tokenizer: a plain ``tokenizers.Tokenizer`` (a fresh copy, padding and truncation off).
         pad_token, pad_id: what it pads with (the end-of-text token for models without a padding token).
         max_length: the longest input the model takes, when the tokenizer says (None otherwise).
+        chat: for a model with a chat template: the template (Jinja) and the tokens it names
+            (``chat_template``, ``bos_token``, ``eos_token``, ``eos_id``); None otherwise.
     """
 
     tokenizer: Any
     pad_token: str
     pad_id: int
     max_length: Optional[int]
+    chat: Optional[dict[str, Any]] = None
 
 
 def load_tokenizer(resolved: ResolvedModel) -> PretrainedTokenizer:
@@ -248,4 +251,8 @@ def load_tokenizer(resolved: ResolvedModel) -> PretrainedTokenizer:
         raise ConfigError(f"pretrained: the tokenizer of {resolved.description} has no padding or end-of-text token to pad with")
     limit = getattr(wrapper, "model_max_length", None)
     max_length = int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
-    return PretrainedTokenizer(tokenizer, str(pad_token), int(pad_id), max_length)
+    template = getattr(wrapper, "chat_template", None)
+    chat = None
+    if isinstance(template, str) and template.strip():
+        chat = {"chat_template": template, "bos_token": wrapper.bos_token, "eos_token": wrapper.eos_token, "eos_id": wrapper.eos_token_id}
+    return PretrainedTokenizer(tokenizer, str(pad_token), int(pad_id), max_length, chat)

@@ -65,6 +65,8 @@ class Corpus:
         self.pretrained = pretrained
         self.tokenizer: Any = None
         self.token_counts: dict[str, int] = {}
+        # a pretrained tokenizer's chat template and end-of-turn token (forgeml serve's chat endpoint)
+        self.chat: Optional[dict[str, Any]] = None
 
     # -- the tokenizer
 
@@ -74,7 +76,9 @@ class Corpus:
         if self.cfg.tokenizer == "pretrained":
             from forgeml.pretrained import load_tokenizer, resolve
 
-            return load_tokenizer(resolve(self.pretrained)).tokenizer
+            loaded = load_tokenizer(resolve(self.pretrained))
+            self.chat = loaded.chat
+            return loaded.tokenizer
         if self.cfg.tokenizer == "bpe":
             tokenizer = Tokenizer(models.BPE())
             tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -178,6 +182,7 @@ class Corpus:
             "dtype": self.dtype.name,
             "tokens": dict(self.token_counts),
             "input": self.input_spec.to_dict(),
+            **({"chat": self.chat} if self.chat else {}),
         }
 
     def files(self) -> dict[str, bytes]:
@@ -192,6 +197,7 @@ class Corpus:
         corpus = cls(CorpusConfig.model_validate(state["corpus"]), int(state["context"]))
         corpus.tokenizer = Tokenizer.from_str(read(state["tokenizer"]).decode())
         corpus.token_counts = {k: int(v) for k, v in state["tokens"].items()}
+        corpus.chat = state.get("chat") if isinstance(state.get("chat"), dict) else None
         return corpus
 
 

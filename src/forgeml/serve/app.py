@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 from importlib.resources import files
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -27,9 +27,14 @@ from forgeml.errors import ForgeError
 from forgeml.serve.batching import Batcher, QueueFull
 from forgeml.serve.guard import Guard
 from forgeml.serve.model import RequestError, ServedModel, describe
+from forgeml.serve.openai import ServedLanguageModel, add_openai_routes, describe_language_model
 from forgeml.serve.settings import ServeSettings
 
-KNOWN_PATHS = {"/", "/healthz", "/readyz", "/metrics", "/v1/predict", "/v1/metadata", "/openapi.json", "/docs", "/v2", "/v2/health/live", "/v2/health/ready"}
+KNOWN_PATHS = {
+    "/", "/healthz", "/readyz", "/metrics", "/v1/predict", "/v1/metadata", "/openapi.json", "/docs", "/v2", "/v2/health/live", "/v2/health/ready",
+    "/v1/models", "/v1/completions", "/v1/chat/completions",
+}
+OPENAI_PATHS = ("/v1/models", "/v1/completions", "/v1/chat/completions")  # errors in OpenAI's shape, which its client reads
 
 
 class PredictRequest(BaseModel):
@@ -63,7 +68,7 @@ class ServerState:
     def __init__(self, settings: ServeSettings, load: Callable[[], ServedModel]):
         self.settings = settings
         self.load = load
-        self.model: Optional[ServedModel] = None
+        self.model: Optional[Union[ServedModel, ServedLanguageModel]] = None
         self.batcher: Optional[Batcher] = None
         self.metrics = Metrics()
         self.failed: Optional[str] = None
@@ -71,12 +76,12 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        return self.model is not None and self.batcher is not None and not self.draining
+        return self.model is not None and not self.draining
 
-    def require_model(self) -> tuple[ServedModel, Batcher]:
+    def require_model(self) -> tuple[Any, Optional[Batcher]]:
         if self.draining:
             raise HTTPException(503, "the server is shutting down")
-        if self.model is None or self.batcher is None:
+        if self.model is None:
             raise HTTPException(503, f"the model failed to load: {self.failed}" if self.failed else "the model is still loading; try again shortly")
         return self.model, self.batcher
 
@@ -86,6 +91,8 @@ class ServerState:
         Raises HTTPException: 503 not ready, 429 queue full, 422 bad instances, 504 over the timeout.
         """
         model, batcher = self.require_model()
+        if batcher is None:
+            raise HTTPException(400, f"model {model.name!r} is a language model: continue a text with /v1/completions (or /v1/chat/completions)")
         started = time.perf_counter()
         try:
             with batcher.admission():
@@ -145,9 +152,10 @@ def create_app(settings: ServeSettings, load: Callable[[], ServedModel]) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        def loaded(model: ServedModel) -> None:
-            state.batcher = Batcher(model.run_outputs, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, state.metrics.batch.observe)
-            state.batcher.start()
+        def loaded(model: Union[ServedModel, ServedLanguageModel]) -> None:
+            if isinstance(model, ServedModel):  # a language model generates request by request instead
+                state.batcher = Batcher(model.run_outputs, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, state.metrics.batch.observe)
+                state.batcher.start()
             state.model = model
 
         async def loading() -> None:
@@ -174,6 +182,7 @@ def create_app(settings: ServeSettings, load: Callable[[], ServedModel]) -> Fast
     from forgeml.serve.v2 import add_v2_routes
 
     add_v2_routes(app, state)
+    add_openai_routes(app, state)
     app.add_middleware(Guard, token=settings.token(), max_body_bytes=settings.max_body_bytes)
     app.add_middleware(Measured, metrics=state.metrics)
     return app
@@ -182,13 +191,20 @@ def create_app(settings: ServeSettings, load: Callable[[], ServedModel]) -> Fast
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(_error_body(request, str(exc.detail), exc.status_code), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
-        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+        return JSONResponse(_error_body(request, f"{where}: {first.get('msg', 'invalid')}", 422), status_code=422)
+
+
+def _error_body(request: Request, message: str, status: int) -> dict[str, Any]:
+    if request.url.path in OPENAI_PATHS:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return {"error": message}
 
 
 def _routes(app: FastAPI, state: ServerState) -> None:
@@ -211,7 +227,9 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/metadata", summary="The model: its inputs, labels and identity (run, weights sha256).")
     async def metadata() -> dict[str, Any]:
-        model, _ = state.require_model()
+        model, batcher = state.require_model()
+        if batcher is None:
+            return describe_language_model(model)
         return {**describe(model), "batching": {k: getattr(state.settings, k) for k in ("max_batch", "max_wait_ms", "max_queue", "timeout_s")}}
 
     @app.post("/v1/predict", summary="Predict instances: labels and probabilities, or values.")

@@ -223,7 +223,9 @@ def _torch(run: Path, name: str, threads: Optional[int]) -> ServedModel:
         torch.set_num_threads(threads)
     predictor = load(run)
     if predictor.task not in ("classification", "regression"):
-        raise DataError(f"{run} is a language model; forgeml serve answers classifiers and regressors so far")
+        from forgeml.serve.openai import ServedLanguageModel
+
+        return ServedLanguageModel(name, predictor, {"run": str(run.resolve()), "model_sha256": model_sha256(predictor.run)})  # type: ignore[return-value]
 
     def run_outputs(encoded: np.ndarray) -> np.ndarray:
         return predictor.outputs(torch.from_numpy(encoded)).numpy()

@@ -186,7 +186,9 @@ def add_v2_routes(app: FastAPI, state: Any) -> None:
     from importlib.metadata import version as package_version
 
     def named(name: str) -> ServedModel:
-        model, _ = state.require_model()
+        model, batcher = state.require_model()
+        if batcher is None:
+            raise HTTPException(400, f"model {model.name!r} is a language model: the Open Inference Protocol here serves classifiers and regressors; use /v1/completions")
         if name != model.name:
             raise HTTPException(404, f"unknown model {name[:100]!r}; this server has {model.name!r}")
         return model
