@@ -432,6 +432,13 @@ def export(
     from rich.table import Table
 
     console = Console(width=max(Console().width, 110))
+    if "p50_token_ms" in result.rows[0]:  # a language model: the graph with its key/value cache
+        typer.echo(f"{run}: exported to ONNX with its key/value cache (opset {result.opset}); verified on {result.test_rows:,} test windows, {result.threads} thread(s)")
+        for row in result.rows[1:]:
+            typer.echo(f"  whole-window logits max |diff| {row['max_abs_diff']:.2g}, cached decode max |diff| {row['metric']:.2g}")
+        typer.echo(f"  one cached step (a token): torch {result.rows[0]['p50_token_ms']:.3f} ms, onnxruntime {result.rows[1]['p50_token_ms']:.3f} ms (p50)")
+        typer.echo(f"written: {result.bundle} ({', '.join(sorted(p.name for p in Path(result.bundle).iterdir()))}), {Path(run) / 'export.json'}")
+        return
     typer.echo(f"{run}: exported to ONNX (opset {result.opset}); verified on {result.test_rows:,} test examples, {result.threads} thread(s)")
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("runtime", "max |diff|", result.rows[0]["metric_name"], "size", "p50 b1 ms", "p95 b1 ms", "p50 b32 ms", "p95 b32 ms"):

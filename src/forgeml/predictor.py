@@ -151,23 +151,8 @@ class Predictor:
         ids = self.features.encode(prompt) if prompt else []
         if not ids:
             raise DataError("give a prompt of at least one character")
-        new: list[int] = []
-        shown = ""
-        for token in generate(
-            self.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id
-        ):
-            if token == eos_id:
-                break
-            new.append(token)
-            text = self.features.decode(new)
-            if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
-                continue
-            if len(text) > len(shown):
-                yield text[len(shown) :], len(new)
-                shown = text
-        text = self.features.decode(new)
-        if len(text) > len(shown):
-            yield text[len(shown) :], len(new)
+        tokens = generate(self.model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_id=eos_id)
+        yield from raw.text_pieces(tokens, self.features.decode, eos_id)
 
     def generate(self, prompt: str, max_new_tokens: int = 200, **sampling: Any) -> str:
         """The continuation of ``prompt`` (see ``generate_stream`` for the options)."""

@@ -1,7 +1,8 @@
 """The edge runtime: an export bundle predicts raw inputs exactly as the run's Predictor does (same
 classes, outputs within 1e-4) for an image CNN (arrays and PNG files), a table MLP, a text model, a
-regressor and a series forecaster; in a virtualenv holding only forgeml-runtime's declared
-dependencies it does so without torch in sys.modules; a bundle altered after export is refused."""
+regressor and a series forecaster; an exported GPT generates with its key/value cache what the run
+generates on torch, past its context; in a virtualenv holding only forgeml-runtime's declared
+dependencies all of it works without torch in sys.modules; a bundle altered after export is refused."""
 
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ def exported(run: Path) -> Path:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runtime")
+
+
+@pytest.fixture(scope="module")
+def gpt_bundle(root: Path) -> Path:
+    (root / "corpus.txt").write_text("\n".join(["the cat sat on the mat. the dog lay on the rug."] * 200) + "\n")
+    config = {
+        "name": "gpt",
+        "data": {"source": {"type": "text_files", "path": str(root / "corpus.txt")}, "corpus": {"column": "text", "tokenizer": "char"}, "split": {"validation": 0.1, "test": 0.1}},
+        "model": {"type": "gpt", "layers": 2, "heads": 2, "dim": 32, "context": 24, "dropout": 0.0},
+        "train": {"optimizer": "adamw", "lr": 0.01, "batch_size": 16, "max_steps": 60, "epochs": 1000, "eval_every": 60, "log_every": 30},
+    }
+    run = forgeml.train(config, out=root / "gpt", quiet=True).run_dir
+    result = export(run, repeats=3, save=False)
+    assert result.rows[1]["max_abs_diff"] < 1e-4 and result.rows[1]["metric"] < 1e-4  # whole windows, and the cached decode
+    return run / "export"
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +124,20 @@ def test_each_bundle_predicts_raw_inputs_as_the_predictor_does(bundles: dict[str
         assert np.abs(edge.outputs(encoded.numpy()) - predictor.outputs(encoded).numpy()).max() <= 1e-4, name
 
 
+def test_an_exported_gpt_generates_with_its_cache_what_the_run_generates(gpt_bundle: Path):
+    edge, predictor = runtime.load(gpt_bundle), forgeml.load(gpt_bundle.parent)
+    assert isinstance(edge, runtime.LanguageRuntime) and edge.context == 24
+    described = json.loads((gpt_bundle / "export.json").read_text())
+    assert described["cache"] == {"layers": 2, "heads": 2, "head_dim": 16, "context": 24} and described["input"]["names"] == ["ids", "past_keys", "past_values"]
+    greedy = edge.generate("the cat", 60, temperature=0)  # 7 + 60 tokens: the cache fills and starts afresh
+    assert greedy == predictor.generate("the cat", 60, temperature=0) and len(greedy) == 60
+    sampled = [edge.generate("the", 30, temperature=0.8, top_k=5, top_p=0.9, seed=s) for s in (3, 3, 4)]
+    assert sampled[0] == sampled[1] != sampled[2] and len(sampled[0]) == 30
+    assert "".join(edge.generate_stream("the dog", 20, temperature=0)) == predictor.generate("the dog", 20, temperature=0)
+    with pytest.raises(DataError, match="top_p must be above 0"):
+        edge.generate("the", 5, top_p=0)
+
+
 def test_the_runtime_applies_the_calibrated_temperature(bundles: dict[str, Path], tmp_path: Path):
     bundle = shutil.copytree(bundles["cnn"], tmp_path / "bundle")
     description = json.loads((bundle / "export.json").read_text())
@@ -162,13 +192,16 @@ out = {}
 for key, (bundle, inputs) in jobs.items():
     if isinstance(inputs, dict) and "npy" in inputs:
         inputs = np.load(inputs["npy"])
+    if isinstance(inputs, dict) and "generate" in inputs:
+        out[key] = forgeml.runtime.load(bundle).generate(inputs["generate"], 60, temperature=0)
+        continue
     out[key] = forgeml.runtime.load(bundle).predict(inputs)
 heavy = sorted(m for m in ("torch", "transformers", "peft", "captum", "opacus") if m in sys.modules)
 print(json.dumps({"predictions": out, "heavy_modules": heavy}))
 """
 
 
-def test_in_a_virtualenv_without_torch_bundles_predict_as_the_predictor(bundles: dict[str, Path], root: Path):
+def test_in_a_virtualenv_without_torch_bundles_predict_as_the_predictor(bundles: dict[str, Path], gpt_bundle: Path, root: Path):
     build = subprocess.run(["make", "-s", "runtime"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr
     check = subprocess.run([str(RUNTIME_PYTHON), "-c", "import torch"], capture_output=True, text=True, timeout=60)
@@ -183,11 +216,13 @@ def test_in_a_virtualenv_without_torch_bundles_predict_as_the_predictor(bundles:
                 given = {"npy": str(root / f"{name}.npy")}
             jobs[f"{name}/{kind}"] = [str(bundle), given]
             expected[f"{name}/{kind}"] = predictor.predict(inputs)
+    jobs["gpt/generate"] = [str(gpt_bundle), {"generate": "the cat"}]
     (root / "jobs.json").write_text(json.dumps(jobs))
     result = subprocess.run([str(RUNTIME_PYTHON), "-c", EDGE_SCRIPT, str(root / "jobs.json")], capture_output=True, text=True, timeout=300, cwd=root)
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["heavy_modules"] == []
-    assert sorted(answer["predictions"]) == sorted(expected) and len(expected) >= 6
+    assert sorted(answer["predictions"]) == sorted([*expected, "gpt/generate"]) and len(expected) >= 6
+    assert answer["predictions"].pop("gpt/generate") == forgeml.load(gpt_bundle.parent).generate("the cat", 60, temperature=0)
     for key, predictions in expected.items():
         assert_same_predictions(answer["predictions"][key], predictions)

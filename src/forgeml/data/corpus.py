@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import numpy as np
-import torch
+
 from forgeml.config import CorpusConfig
 from forgeml.data.dataset import SPLITS, split_rows
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 from forgeml.inputs import InputSpec
+
+if TYPE_CHECKING:  # torch is imported where batches are made: the edge runtime reads a corpus's tokenizer without it
+    import torch
 
 TOKENS_DIR = "tokens"
 TOKENIZER_FILE = "tokenizer.json"
@@ -237,6 +240,8 @@ class WindowBatches:
         self.context = context
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
+        import torch
+
         self.device = device or torch.device("cpu")
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -244,6 +249,8 @@ class WindowBatches:
         return max(1, len(self.tokens) // (self.batch_size * self.world_size * self.context))
 
     def epoch(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
         global_batch = self.batch_size * self.world_size
         starts = torch.randint(0, len(self.tokens) - self.context, (len(self), global_batch), generator=self.generator).numpy()
         starts = starts[:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
@@ -256,6 +263,8 @@ class WindowBatches:
 
 def evaluation_windows(tokens: np.ndarray, context: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``limit`` non-overlapping windows spread evenly over a split, for a fixed held-out loss."""
+    import torch
+
     count = (len(tokens) - 1) // context
     if count <= 0:
         empty = torch.zeros(0, context, dtype=torch.int64)

@@ -10,7 +10,7 @@ drift apart.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -115,3 +115,27 @@ def _array_table(features: Any, images: np.ndarray) -> Table:
     if not np.issubdtype(images.dtype, np.number) or not np.isfinite(images).all():
         raise DataError("an array of images must hold finite numbers")
     return Table.single({name: images.astype(np.float32)}, "input")
+
+
+def text_pieces(tokens: Iterable[int], decode: Callable[[list[int]], str], eos_id: Optional[int] = None) -> Iterator[tuple[str, int]]:
+    """The text of generated tokens as it grows: (new piece, tokens so far) per token that adds text.
+
+    Pieces never split a character: the bytes of an unfinished UTF-8 character wait for the token
+    that completes them. ``eos_id`` ends the text (its own text is not shown). Both generation
+    paths (the Predictor on torch, the edge runtime on ONNX Runtime) read their tokens through this.
+    """
+    new: list[int] = []
+    shown = ""
+    for token in tokens:
+        if token == eos_id:
+            break
+        new.append(int(token))
+        text = decode(new)
+        if text.endswith("\ufffd"):  # a multi-byte character is still incomplete
+            continue
+        if len(text) > len(shown):
+            yield text[len(shown) :], len(new)
+            shown = text
+    text = decode(new)
+    if len(text) > len(shown):
+        yield text[len(shown) :], len(new)

@@ -100,11 +100,15 @@ def run(
         raise ExportError(f"--quantize: {quantize!r} is not one of: none, int8")
     started = time.perf_counter()
     predictor = target if isinstance(target, Predictor) else load(target)
-    if predictor.task == LANGUAGE_MODELLING:
-        raise ExportError(f"{predictor.run.path} is a language model; export covers classifiers and regressors")
     bundle = Path(out) if out is not None else predictor.run / BUNDLE
     if bundle.exists() and not (bundle.is_dir() and (not any(bundle.iterdir()) or (bundle / RESULT).is_file())):
         raise ExportError(f"--out {bundle} exists and is not an export bundle (no export.json in it): not replacing it")
+    if predictor.task == LANGUAGE_MODELLING:
+        result = _language_model(predictor, bundle, quantize, threads, repeats)
+        result.seconds = round(time.perf_counter() - started, 3)
+        if save:
+            predictor.run.record(RESULT, "onnx", result.to_dict())
+        return result
     inputs, targets, _ = predictor.split("test")
     if len(inputs) == 0:
         raise ExportError(f"{predictor.run.path} has no test split to verify the exported model on")
@@ -130,7 +134,7 @@ def run(
         if quantize == "int8":
             result.mode, int8_row = _int8(predictor, model, inputs, targets, reference, work, torch_row, fp32_row, tolerance, threads, repeats)
             result.rows.append(int8_row)
-        _write_bundle(predictor, work, result, tokens)
+        _write_bundle(predictor, work, result, _interface(predictor, tokens))
         replace_dir(work, bundle)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -178,23 +182,35 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens: bool) -> None:
-    run = predictor.run
-    shutil.copyfile(run / "features.json", work / "features.json")
-    state = run.read_json("features.json")
-    extra = sorted({v for v in _strings(state) if v.endswith(".json") and v != "features.json" and (run / v).is_file()})
-    for name in extra:  # tokenizer files features.json names
-        shutil.copyfile(run / name, work / name)
+def _language_model(predictor: Predictor, bundle: Path, quantize: str, threads: int, repeats: int) -> ExportResult:
+    """A GPT's bundle: the graph with its key/value cache (``export.language``), verified, then written."""
+    from forgeml.export.language import INPUTS, OUTPUTS, WINDOWS, cache_shape, export_language_model
+
+    if quantize != "none":
+        raise ExportError("--quantize int8 covers classifiers and regressors so far; export a language model with --quantize none")
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    work = staging_dir(bundle.parent, bundle.name)
+    try:
+        rows = export_language_model(predictor, work, threads, repeats)
+        result = ExportResult(str(bundle), "onnx", OPSET, quantize, None, rows, threads, test_rows=WINDOWS)
+        interface = {
+            "input": {"names": INPUTS, "ids": {"dtype": "int64", "shape": [1, "sequence"]}, "past": {"dtype": "float32", "shape": ["layers", 1, "heads", "past", "head_dim"]}},
+            "output": {"names": OUTPUTS, "logits": {"dtype": "float32", "shape": [1, "sequence", predictor.features.vocab_size]}},
+            "cache": cache_shape(predictor.model),
+        }
+        _write_bundle(predictor, work, result, interface)
+        replace_dir(work, bundle)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return result
+
+
+def _interface(predictor: Predictor, tokens: bool) -> dict[str, Any]:
+    """What a classifier's or regressor's graph takes and gives (export.json's input and output)."""
     spec = predictor.features.input_spec
     axes = {"0": "batch", "1": "sequence"} if tokens else {"0": "batch"}
-    description = {
-        "format": "onnx",
-        "opset": OPSET,
-        "run": str(run.path.resolve()),
-        "model_type": predictor.config.model.type,
-        "model_sha256": model_sha256(run),
-        "manifest_sha256": sha256_file(run / "manifest.json"),
-        "task": predictor.task,
+    return {
         "input": {
             "name": "inputs",
             "kind": spec.kind,
@@ -203,6 +219,25 @@ def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, tokens
             "dynamic_axes": axes,
         },
         "output": {"name": "outputs", "dtype": "float32", "shape": ["batch", int(predictor.features.num_outputs)], "dynamic_axes": {"0": "batch"}},
+    }
+
+
+def _write_bundle(predictor: Predictor, work: Path, result: ExportResult, interface: dict[str, Any]) -> None:
+    run = predictor.run
+    shutil.copyfile(run / "features.json", work / "features.json")
+    state = run.read_json("features.json")
+    extra = sorted({v for v in _strings(state) if v.endswith(".json") and v != "features.json" and (run / v).is_file()})
+    for name in extra:  # tokenizer files features.json names
+        shutil.copyfile(run / name, work / name)
+    description = {
+        "format": "onnx",
+        "opset": OPSET,
+        "run": str(run.path.resolve()),
+        "model_type": predictor.config.model.type,
+        "model_sha256": model_sha256(run),
+        "manifest_sha256": sha256_file(run / "manifest.json"),
+        "task": predictor.task,
+        **interface,
         "label_names": predictor.label_names,
         "temperature": predictor.temperature,
         "files": sorted(p.name for p in work.iterdir()) + ["export.json"],

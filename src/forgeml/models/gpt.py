@@ -83,6 +83,27 @@ class KVCache:
         return cached_keys[:, :, :end], cached_values[:, :, :end]
 
 
+class ConcatCache:
+    """A key/value cache as tensors in and tensors out, for export: the past keys and values of every
+    layer come in as L x N x heads x P x head_dim tensors, and each layer's keys and values for all
+    P + T positions are collected in ``present`` (the graph's outputs). ``KVCache`` writes into
+    preallocated buffers, which an exported graph cannot keep between calls; this one concatenates.
+    Masks are always spelled out (``traced``), so the graph holds for any P and T.
+    """
+
+    traced = True
+
+    def __init__(self, keys: Tensor, values: Tensor):
+        self.keys, self.values = keys, values
+        self.length = keys.shape[3]
+        self.present: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        keys, values = torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2)
+        self.present[layer] = (keys, values)
+        return keys, values
+
+
 class CausalSelfAttention(SelfAttention):
     """Self-attention in which each position sees itself and the positions before it, optionally through a cache."""
 
@@ -94,7 +115,9 @@ class CausalSelfAttention(SelfAttention):
             return self.merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
         start, new = cache.length, x.shape[1]
         k, v = cache.update(layer, k, v)
-        if new == 1:  # one new query may see every key: no mask needed
+        if getattr(cache, "traced", False):  # an exported graph: one mask that holds for every length
+            mask = torch.arange(start + new, device=x.device) <= torch.arange(start, start + new, device=x.device)[:, None]
+        elif new == 1:  # one new query may see every key: no mask needed
             mask = None
         elif start == 0:  # a prompt into an empty cache: the plain causal square
             return self.merge(F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True))
@@ -154,7 +177,7 @@ class GPT(nn.Module):
         """
         length = ids.shape[1]
         start = cache.length if cache is not None else 0
-        if start + length > self.context:
+        if not getattr(cache, "traced", False) and start + length > self.context:  # an exported graph's caller keeps to the context
             if cache is None:
                 raise ValueError(f"{length} tokens are longer than the GPT's context of {self.context}; crop the input to its last {self.context} tokens")
             raise ValueError(

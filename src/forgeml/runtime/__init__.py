@@ -16,19 +16,20 @@ repository; README: "On a device without torch").
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
 from forgeml.data import raw
 from forgeml.data.features import Features
 from forgeml.data.table import Table
-from forgeml.errors import BundleError
+from forgeml.errors import BundleError, DataError
 from forgeml.files import sha256_file
 from forgeml.inputs import InputSpec
 
-__all__ = ["load", "Runtime"]
+__all__ = ["load", "Runtime", "LanguageRuntime"]
 
 DESCRIPTION = "export.json"
 BATCH = 256  # rows per ONNX Runtime call when predicting many inputs
@@ -99,8 +100,107 @@ class Runtime:
         return parsed, self.decode(self.outputs(self.features.encode_inputs(parsed)))
 
 
-def load(bundle_dir: str | Path, int8: bool = False, threads: int | None = None) -> Runtime:
-    """Open an export bundle (``forgeml export`` writes one to RUN/export).
+class LanguageRuntime:
+    """An exported GPT with its tokenizer: generates text one cached step per token.
+
+    ``generate`` and ``generate_stream`` take the options of ``Predictor.generate``. Greedy decoding
+    (temperature 0) gives the tokens the run gives on torch; sampling draws from numpy's generator,
+    so a seed repeats the runtime's own text, not torch's.
+    """
+
+    task = "language_modelling"
+
+    def __init__(self, bundle: Path, description: dict[str, Any], corpus: Any, session: Any):
+        self.bundle = bundle
+        self.description = description
+        self.features = corpus
+        self.session = session
+        self.model_file = "model.onnx"
+        cache = description.get("cache") or {}
+        try:
+            self.layers, self.heads, self.head_dim, self.context = (int(cache[k]) for k in ("layers", "heads", "head_dim", "context"))
+        except (KeyError, TypeError, ValueError):
+            raise BundleError(f"{bundle / DESCRIPTION}: a language model's bundle states its cache (layers, heads, head_dim, context)") from None
+
+    def _empty(self) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.zeros((self.layers, 1, self.heads, 0, self.head_dim), dtype=np.float32)
+        return empty, empty
+
+    def _step(self, ids: list[int], cache: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        logits, keys, values = self.session.run(None, {"ids": np.array([ids], dtype=np.int64), "past_keys": cache[0], "past_values": cache[1]})
+        return logits[0, -1], (keys, values)
+
+    def tokens(
+        self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: Optional[int] = None,
+        top_p: Optional[float] = None, seed: Optional[int] = None, eos_id: Optional[int] = None,
+    ) -> Iterator[int]:
+        """New token ids after ``prompt``, one per cached step (the window logic of ``forgeml generate``)."""
+        _check_sampling(prompt, max_new_tokens, temperature, top_k, top_p)
+        rng = np.random.default_rng(seed)
+        window: deque[int] = deque(prompt, maxlen=self.context)
+        logits, cache = self._step(list(window), self._empty())
+        for step in range(max_new_tokens):
+            token = choose(logits, temperature, top_k, top_p, rng)
+            yield token
+            if token == eos_id or step == max_new_tokens - 1:
+                return
+            window.append(token)
+            if cache[0].shape[3] < self.context:
+                logits, cache = self._step([token], cache)
+            else:  # the cache is full: read the last context tokens afresh
+                logits, cache = self._step(list(window), self._empty())
+
+    def generate_stream(
+        self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0, top_k: Optional[int] = None,
+        top_p: Optional[float] = None, seed: Optional[int] = None,
+    ) -> Iterator[str]:
+        """Continue ``prompt``, yielding the new text piece by piece (never half a character)."""
+        ids = self.features.encode(prompt) if prompt else []
+        for piece, _ in raw.text_pieces(self.tokens(ids, max_new_tokens, temperature, top_k, top_p, seed), self.features.decode):
+            yield piece
+
+    def generate(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None) -> str:
+        """The continuation of ``prompt``."""
+        return "".join(self.generate_stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
+
+
+def _check_sampling(prompt: list[int], max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> None:
+    if not prompt:
+        raise DataError("give a prompt of at least one character")
+    if max_new_tokens < 0:
+        raise DataError(f"max_new_tokens must be 0 or more, not {max_new_tokens}")
+    if temperature < 0:
+        raise DataError(f"temperature must be 0 (greedy) or more, not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise DataError(f"top_k must be 1 or more (or None for all tokens), not {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise DataError(f"top_p must be above 0 and at most 1 (or None for all tokens), not {top_p}")
+
+
+def choose(logits: np.ndarray, temperature: float, top_k: Optional[int], top_p: Optional[float], rng: np.random.Generator) -> int:
+    """The next token from a vocabulary-long vector of logits: greedy at temperature 0, else a draw
+    after keeping the ``top_k`` most likely and then the smallest set holding ``top_p`` (as torch's
+    ``models.generation`` does)."""
+    if temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    if top_k is not None and top_k < scaled.size:
+        kth = np.partition(scaled, -top_k)[-top_k]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-scaled, kind="stable")
+        probabilities = raw.softmax(scaled[order][None])[0].astype(np.float64)
+        drop = np.cumsum(probabilities) - probabilities >= top_p  # the most likely always stays
+        scaled[order[drop]] = -np.inf
+    probabilities = np.exp(scaled - scaled.max())
+    probabilities /= probabilities.sum()
+    return int(rng.choice(len(probabilities), p=probabilities))
+
+
+def load(bundle_dir: str | Path, int8: bool = False, threads: int | None = None) -> Union[Runtime, LanguageRuntime]:
+    """Open an export bundle (``forgeml export`` writes one to RUN/export): a ``Runtime`` for a
+    classifier or regressor, a ``LanguageRuntime`` for a language model.
 
     Args:
         bundle_dir: the bundle directory (model.onnx, features.json, export.json, tokenizer files).
@@ -122,6 +222,14 @@ def load(bundle_dir: str | Path, int8: bool = False, threads: int | None = None)
             raise BundleError(f"{bundle / name}: missing from the bundle")
         return (bundle / name).read_bytes()
 
+    if description["task"] == LanguageRuntime.task:
+        from forgeml.data.corpus import Corpus
+
+        try:
+            corpus = Corpus.from_state(_json(bundle / "features.json"), read)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{bundle / 'features.json'}: not the corpus of a forgeml language model ({type(exc).__name__}: {exc})") from None
+        return LanguageRuntime(bundle, description, corpus, _session(bundle / model_file, threads))
     try:
         features = Features.from_state(_json(bundle / "features.json"), read)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -149,7 +257,7 @@ def _description(bundle: Path) -> dict[str, Any]:
     description = _json(bundle / DESCRIPTION)
     if description.get("format") != "onnx":
         raise BundleError(f"{bundle / DESCRIPTION}: format {description.get('format')!r} is not onnx")
-    if description.get("task") not in ("classification", "regression"):
+    if description.get("task") not in ("classification", "regression", LanguageRuntime.task):
         raise BundleError(f"{bundle / DESCRIPTION}: task {description.get('task')!r} cannot run here")
     return description
 
