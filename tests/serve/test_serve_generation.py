@@ -1,6 +1,6 @@
 """forgeml serve for language models, driven by the official ``openai`` client over loopback: a GPT
 run answers /v1/completions (streamed and whole) with the text ``forgeml generate`` gives, stop
-strings cut it, and a pretrained causal LM with a chat template answers /v1/chat/completions,
+strings cut it, its export bundle streams the same on ONNX Runtime, and a pretrained causal LM with a chat template answers /v1/chat/completions,
 streamed and whole, stopping at its end of turn."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from helpers import TINY_LM_TEXT, make_tiny_causal_lm
 from serve_support import Server
 
 import forgeml
+from forgeml.export import run as export
 
 openai = pytest.importorskip("openai")  # a dev dependency: `make test` installs it
 
@@ -35,12 +36,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model": {"type": "hf", "pretrained": str(make_tiny_causal_lm(root / "tiny_llama")), "context": 32},
         "train": {"optimizer": "adamw", "lr": 0.01, "batch_size": 8, "max_steps": 4, "epochs": 100, "eval_every": 4, "log_every": 2, "monitor": "loss"},
     }
-    return {"gpt": forgeml.train(gpt, out=root / "gpt", quiet=True).run_dir, "chat": forgeml.train(llama, out=root / "chat", quiet=True).run_dir}
+    runs = {"gpt": forgeml.train(gpt, out=root / "gpt", quiet=True).run_dir, "chat": forgeml.train(llama, out=root / "chat", quiet=True).run_dir}
+    export(runs["gpt"], repeats=1, save=False)
+    return runs
 
 
 @pytest.fixture(scope="module")
 def servers(runs: dict[str, Path]):
     started = {name: Server(run) for name, run in runs.items()}
+    started["edge"] = Server(runs["gpt"], "--backend", "onnx", "--name", "edge-gpt")
     try:
         yield {name: server.wait_ready() for name, server in started.items()}
     finally:
@@ -72,6 +76,14 @@ def test_completions_stream_and_whole_equal_forgeml_generate(servers: dict[str, 
     streamed = list(api.completions.create(model="gpt", prompt="the cat", max_tokens=30, temperature=0, stop=stop, stream=True))
     assert "".join(c.choices[0].text for c in streamed) == expected[: expected.index(stop)]
     assert [m.id for m in api.models.list().data] == ["gpt"]
+
+
+def test_the_onnx_backend_streams_the_same_greedy_text_from_the_bundle(servers: dict[str, Server], runs: dict[str, Path]):
+    api = client(servers["edge"])
+    expected = forgeml.load(runs["gpt"]).generate("the dog", 40, temperature=0)
+    chunks = list(api.completions.create(model="edge-gpt", prompt="the dog", max_tokens=40, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert servers["edge"].get("/v1/metadata")[1]["backend"] == "onnx"
 
 
 def test_language_model_errors_are_openai_errors(servers: dict[str, Server]):

@@ -150,13 +150,20 @@ class LanguageRuntime:
             else:  # the cache is full: read the last context tokens afresh
                 logits, cache = self._step(list(window), self._empty())
 
+    def stream(
+        self, prompt: str, max_new_tokens: int = 200, *, temperature: float = 1.0, top_k: Optional[int] = None,
+        top_p: Optional[float] = None, seed: Optional[int] = None, eos_id: Optional[int] = None,
+    ) -> Iterator[tuple[str, int]]:
+        """(new piece of text, tokens so far), as ``Predictor.stream`` gives them (``forgeml serve`` uses either)."""
+        ids = self.features.encode(prompt) if prompt else []
+        yield from raw.text_pieces(self.tokens(ids, max_new_tokens, temperature, top_k, top_p, seed, eos_id), self.features.decode, eos_id)
+
     def generate_stream(
         self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0, top_k: Optional[int] = None,
         top_p: Optional[float] = None, seed: Optional[int] = None,
     ) -> Iterator[str]:
         """Continue ``prompt``, yielding the new text piece by piece (never half a character)."""
-        ids = self.features.encode(prompt) if prompt else []
-        for piece, _ in raw.text_pieces(self.tokens(ids, max_new_tokens, temperature, top_k, top_p, seed), self.features.decode):
+        for piece, _ in self.stream(prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed):
             yield piece
 
     def generate(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0, top_k: Optional[int] = None,

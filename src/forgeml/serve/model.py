@@ -211,6 +211,10 @@ def _onnx(bundle: Path, name: str, threads: Optional[int], identity: dict[str, A
 
     runtime = load(bundle, threads=threads)
     identity = {**identity, "model_sha256": runtime.description.get("model_sha256"), "model_file": runtime.model_file}
+    if runtime.task == "language_modelling":  # generation: one cached ONNX step per token
+        from forgeml.serve.openai import ServedLanguageModel
+
+        return ServedLanguageModel(name, runtime, identity, backend="onnx")  # type: ignore[return-value]
     return ServedModel(name, "onnx", runtime.features, runtime.outputs, runtime.temperature, identity)
 
 

@@ -6,8 +6,8 @@
 
 so the official ``openai`` client works with ``base_url="http://HOST:PORT/v1"``. With ``stream: true``
 the answer is server-sent events, one chunk per piece of text as tokens are chosen, then ``[DONE]``.
-Generation goes through the run's Predictor (``Predictor.stream``), one request at a time on the
-model thread; a chat prompt is the model's own chat template rendered in a Jinja sandbox.
+Generation goes through the run's Predictor (``Predictor.stream``) or, with ``--backend onnx``, the
+export bundle's ``LanguageRuntime`` (one cached ONNX step per token), one request at a time; a chat prompt is the model's own chat template rendered in a Jinja sandbox.
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ class ServedLanguageModel:
 
     Attributes:
         name: the model id clients send as ``model``.
-        predictor: the run's Predictor (its ``stream`` generates).
+        predictor: the run's Predictor, or an export bundle's ``LanguageRuntime`` (their ``stream`` generates).
         identity: the run and its weights' sha256.
+        backend: torch or onnx.
     """
 
     name: str
     predictor: Any
     identity: dict[str, Any]
+    backend: str = "torch"
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time on the model
 
     @property
@@ -80,7 +82,7 @@ class ServedLanguageModel:
 def describe_language_model(model: ServedLanguageModel) -> dict[str, Any]:
     """What /v1/metadata answers for a language model."""
     return {
-        "name": model.name, "task": "language_modelling", "backend": "torch", "context": model.context,
+        "name": model.name, "task": "language_modelling", "backend": model.backend, "context": model.context,
         "vocab_size": int(model.predictor.features.vocab_size), "chat": model.chat is not None, "model": model.identity,
         "endpoints": ["/v1/completions", *(["/v1/chat/completions"] if model.chat is not None else []), "/v1/models"],
     }
