@@ -306,6 +306,17 @@ def test_the_playground_predicts_in_headless_chromium(servers: dict[str, Server]
     shown = [float(p) for p in re.findall(r'<span class="probability">([0-9.]+)</span>', dom)]
     assert shown and abs(shown[0] - max(expected["probabilities"].values())) < 1e-3
 
+    # an image, on the server that needs a token: a digit whose base64 has a "+" (a URL reads it as a space)
+    pngs = digit_pngs(runs["cnn"], root / "playground", 40)
+    png = next(p for p in pngs if "+" in b64(p))
+    label = forgeml.load(runs["cnn"]).predict([str(png)])[0]["label"]
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={root / 'chromium'}", "--virtual-time-budget=15000",
+         "--dump-dom", f"{servers['image'].url}/#token={TOKEN}&image={b64(png)}"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    assert f'<div id="label">{label}</div>' in dom and 'class="error"></div>' in dom, dom[-3000:]
+
 
 def test_serve_refuses_a_bad_target_or_option_in_one_line(root: Path, runs: dict[str, Path]):
     for args, message in [
