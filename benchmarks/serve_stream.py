@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     rate, expected = measure_predictor(args.run, args.tokens, args.repeats)
     print(f"forgeml generate (Predictor, in process): {rate:,.0f} tokens/s")
-    backends = [("torch", [])] + ([("onnx", ["--backend", "onnx"])] if (args.run / "export" / "export.json").is_file() else [])
+    backends = [("torch", []), ("torch --threads 1", ["--threads", "1"])] + ([("onnx", ["--backend", "onnx"])] if (args.run / "export" / "export.json").is_file() else [])
     for name, options in backends:
         first_ms, served, text = measure_server(args.run, options, args.tokens, args.repeats)
         same = "same text" if text == expected else "a different text"
