@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -25,6 +26,8 @@ from forgeml.registry import FEATURES
 
 MISSING = {"", "na", "nan", "null", "none", "n/a"}
 FORECAST = "__target__"  # the parsed target's key when it shares its raw column with an input (forecasting)
+# Pillow's Image.MAX_IMAGE_PIXELS (a test checks it), kept here so configs need no Pillow import
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485
 
 
 class Parsed:
@@ -237,6 +240,63 @@ class ImageConfig(Section):
     normalize: Literal["standard", "none"] = Field(
         "standard", description="standard: per-channel mean/std fitted on the training split; none: pixels in [0, 1]."
     )
+    max_image_pixels: int = Field(
+        PILLOW_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="Refuse an image file of more pixels (width x height, read from its header before decoding): "
+        "a decompression bomb. Default: Pillow's own limit.",
+    )
+
+
+# Pillow modes wider than 8 bits, and the pixel value that is white. Pillow reads 16-bit PNG and TIFF
+# greys as I;16 (older Pillow: I); its L and RGB conversions clip such pixels at 255 instead of scaling.
+_FULL_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+# Pillow's decompression-bomb limit is one module-wide setting; each image feature applies its own
+# max_image_pixels instead, so Pillow's is lifted while a header is read (under a lock: serve uses threads).
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_image(source: Path | io.BytesIO, label: str, max_pixels: int) -> Any:
+    """Open an image file lazily (the header only), refusing one of more than ``max_pixels`` pixels.
+
+    Raises:
+        ValueError: the image has more pixels than ``max_pixels``.
+        OSError: the file is missing or not an image Pillow can read.
+    """
+    from PIL import Image
+
+    with _PILLOW_LIMIT:
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ValueError(
+            f"image {label} has {width * height:,} pixels ({width} wide, {height} high), over max_image_pixels "
+            f"({max_pixels:,}): refused unread as a possible decompression bomb "
+            "(raise the image feature's max_image_pixels if it is genuine)"
+        )
+    return image
+
+
+def _deep_pixels(image: Any, label: str) -> np.ndarray:
+    """The H x W pixels of a 16-bit or 32-bit grey image, scaled by its mode's white to [0, 1].
+
+    Raises:
+        ValueError: 32-bit integer pixels beyond 16 bits, or float pixels outside [0, 1].
+    """
+    full_scale = _FULL_SCALE[image.mode]
+    pixels = np.asarray(image).astype(np.float32)
+    if image.mode in ("I", "F") and pixels.size:
+        lowest, highest = float(pixels.min()), float(pixels.max())
+        if not (math.isfinite(lowest) and math.isfinite(highest) and 0.0 <= lowest and highest <= full_scale):
+            what = "16-bit integers (0 to 65535)" if image.mode == "I" else "floats in [0, 1]"
+            raise ValueError(f"image {label} has pixels from {lowest:g} to {highest:g}; forgeml reads {image.mode!r} pixels as {what}")
+    return pixels / np.float32(full_scale)
+
 
 
 @FEATURES.register("image", ImageConfig)
@@ -275,7 +335,12 @@ class ImageFeature:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as image:
+            with _open_image(path, label, self.cfg.max_image_pixels) as image:
+                if image.mode in _FULL_SCALE:  # scaled to [0, 1] before resizing; channels follow in _as_chw
+                    pixels = _deep_pixels(image, label)
+                    if self._size is None or pixels.shape == self._size:
+                        return pixels
+                    return resize_bilinear(pixels[None, None], self._size)[0, 0]
                 image = image.convert("L" if self.cfg.channels == 1 else "RGB" if self.cfg.channels == 3 else image.mode)
                 if image.mode not in ("L", "RGB"):
                     image = image.convert("RGB")
@@ -284,6 +349,8 @@ class ImageFeature:
                 return np.asarray(image, dtype=np.float32) / 255.0
         except FileNotFoundError:
             raise ValueError(f"no such image file {label}") from None
+        except Image.DecompressionBombError:  # a frame or tile that Pillow checks while decoding
+            raise ValueError(f"image {label} holds a frame over Pillow's decompression-bomb limit") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"cannot decode image {label} ({exc.__class__.__name__})") from None
 
