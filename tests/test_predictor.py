@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,6 +173,50 @@ def test_predict_a_csv_file_resolves_image_paths_from_its_folder(image_run: Trai
     assert from_csv == from_rows and len(from_csv) == 5
 
 
+def test_image_paths_in_a_data_file_stay_in_its_folder_unless_allowed(image_run: Trained, tmp_path: Path):
+    predictor = forgeml.load(image_run.run_dir)
+    picture = image_run.csv.parent / csv_rows(image_run.csv)[0]["picture"]
+    outside, folder = tmp_path / "outside", tmp_path / "inputs"
+    outside.mkdir()
+    (folder / "pics").mkdir(parents=True)
+    target = outside / "x.png"
+    (folder / "link.png").symlink_to(target)  # a symlink out of the folder
+    expected = predictor.predict([picture])
+    csv = folder / "batch.csv"
+    remedy = "pass --allow-outside (allow_outside=True in Python) to read it"
+    for written in ("../outside/x.png", str(target), "link.png", "pics/../../outside/x.png"):
+        csv.write_text(f"picture\n{written}\n")
+        refused = f"{csv}, line 2: column 'picture': {written!r} lies outside the folder of {csv}; {remedy}"
+        messages = []
+        for exists in (False, True):  # the same answer whether or not the file outside exists
+            if exists:
+                shutil.copy(picture, target)
+            with pytest.raises(DataError) as info:
+                predictor.predict(csv)
+            messages.append(str(info.value))
+            if exists:
+                assert predictor.predict(csv, allow_outside=True) == expected, written
+                target.unlink()
+        assert messages == [refused, refused], written
+        with pytest.raises(DataError, match=r"no such image file"):  # allowed, it is read, and found missing
+            predictor.predict(csv, allow_outside=True)
+    shutil.copy(picture, target)
+    assert predictor.predict([folder / "link.png"]) == expected  # given directly: read through the symlink
+    # JSON Lines and Parquet files are confined the same way; inside the folder nothing changes
+    import pyarrow
+    import pyarrow.parquet
+
+    shutil.copy(picture, folder / "pics" / "in.png")
+    (folder / "rows.jsonl").write_text(json.dumps({"picture": "../outside/x.png"}) + "\n")
+    pyarrow.parquet.write_table(pyarrow.table({"picture": [str(target)]}), folder / "rows.parquet")
+    for data_file, written in ((folder / "rows.jsonl", "../outside/x.png"), (folder / "rows.parquet", str(target))):
+        with pytest.raises(DataError, match=f"{re.escape(repr(written))} lies outside the folder of {re.escape(str(data_file))}; pass --allow-outside"):
+            predictor.predict(data_file)
+        assert predictor.predict(data_file, allow_outside=True) == expected
+    csv.write_text(f"picture\npics/in.png\n{folder / 'pics' / 'in.png'}\n")  # relative, or absolute inside the folder
+    assert predictor.predict(csv) == expected * 2
+
+
 def test_predict_rows_columns_and_tables_agree(table_run: Trained):
     predictor = forgeml.load(table_run.run_dir)
     rows = [{"size": "4.9", "colour": "red"}, {"size": 0.7, "colour": "blue", "extra": 1}, {"size": 1, "colour": "purple"}]
@@ -242,7 +287,35 @@ def test_weights_that_do_not_fit_the_config(image_run: Trained, tmp_path: Path):
     run_dir = copy_run(image_run, tmp_path)
     save_file({"0.weight": torch.zeros(2, 2)}, run_dir / "model.safetensors")
     RunDir(run_dir).write_manifest(["model.safetensors"])  # consistent with the manifest, wrong for the model
-    with pytest.raises(RunDirError, match=r"model\.safetensors: does not fit the model in config\.yaml"):
+    with pytest.raises(RunDirError, match=r"model\.safetensors: does not fit the model in config\.yaml \(the stored tensors do not fit"):
+        forgeml.load(run_dir)
+
+
+def test_a_tensor_of_another_shape_is_named_with_both_shapes(image_run: Trained, tmp_path: Path):
+    run_dir = copy_run(image_run, tmp_path)
+    tensors = load_file(run_dir / "model.safetensors")
+    name = next(n for n in sorted(tensors) if tensors[n].ndim)
+    shape = list(tensors[name].shape)
+    tensors[name] = torch.zeros(shape[0] + 1, *shape[1:])
+    save_file(tensors, run_dir / "model.safetensors")
+    RunDir(run_dir).write_manifest(["model.safetensors"])
+    with pytest.raises(RunDirError) as info:
+        forgeml.load(run_dir)
+    assert str(info.value) == (
+        f"{run_dir / 'model.safetensors'}: does not fit the model in config.yaml "
+        f"(tensor {name!r} is {[shape[0] + 1, *shape[1:]]} in the stored weights, {shape} in the model)"
+    )
+
+
+def test_a_manifest_cut_down_to_hide_a_change_is_refused(image_run: Trained, tmp_path: Path):
+    run_dir = copy_run(image_run, tmp_path)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["files"]["model.safetensors"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunDirError, match=r"manifest\.json: does not list model\.safetensors, so the run cannot be checked"):
+        forgeml.load(run_dir)
+    (run_dir / "manifest.json").write_text(json.dumps(list(manifest["files"])))
+    with pytest.raises(RunDirError, match=r"manifest\.json: not a forgeml manifest .*found a list\)$"):
         forgeml.load(run_dir)
 
 

@@ -22,9 +22,10 @@ def files_in(directory: Path) -> list[str]:
 
 
 def make_run(path: Path) -> RunDir:
-    """A minimal run directory: config.yaml plus two artifacts and a manifest."""
+    """A minimal run directory: the files every finished run holds, and its manifest."""
     run = RunDir.create(path)
     run.write_yaml("config.yaml", {"name": "x"})
+    run.write_json("features.json", {"version": 1})
     run.write_bytes("model.safetensors", b"weights")
     run.write_json("metrics.json", {"test": {"accuracy": 0.5}})
     run.write_manifest()
@@ -90,7 +91,7 @@ def test_reading_missing_or_corrupt_files_names_them(tmp_path: Path):
 def test_manifest_holds_the_sha256_of_every_top_level_file(tmp_path: Path):
     run = make_run(tmp_path / "run")
     manifest = run.read_json("manifest.json")["files"]
-    assert sorted(manifest) == ["config.yaml", "metrics.json", "model.safetensors"]
+    assert sorted(manifest) == ["config.yaml", "features.json", "metrics.json", "model.safetensors"]
     assert manifest["model.safetensors"] == hashlib.sha256(b"weights").hexdigest()
     run.verify(["config.yaml", "model.safetensors", "metrics.json"])
 
@@ -117,8 +118,49 @@ def test_write_manifest_of_some_names_keeps_the_others(tmp_path: Path):
     run = make_run(tmp_path / "run")
     run.write_json("evaluate.json", {"test": {}})
     run.write_manifest(["evaluate.json"])
-    assert sorted(run.read_json("manifest.json")["files"]) == ["config.yaml", "evaluate.json", "metrics.json", "model.safetensors"]
+    assert sorted(run.read_json("manifest.json")["files"]) == ["config.yaml", "evaluate.json", "features.json", "metrics.json", "model.safetensors"]
     run.verify(["evaluate.json", "model.safetensors"])
+
+
+def test_verify_refuses_a_manifest_that_leaves_a_file_out(tmp_path: Path):
+    run = make_run(tmp_path / "run")
+    manifest = run.path / "manifest.json"
+    files = run.read_json("manifest.json")["files"]
+    run.write_json("calibration.json", {"temperature": 2.0})  # a file the manifest never listed
+    with pytest.raises(RunDirError) as info:
+        run.verify(["calibration.json"])
+    assert str(info.value) == (
+        f"{manifest}: does not list calibration.json, so the run cannot be checked; it was cut down or edited (train the run again)"
+    )
+    # an emptied manifest used to check nothing; now every file a run needs must be listed
+    manifest.write_text(json.dumps({"files": {}}))
+    with pytest.raises(RunDirError, match=r"does not list config\.yaml, features\.json, model\.safetensors, metrics\.json, so"):
+        run.verify([])
+    manifest.write_text(json.dumps({"files": {k: v for k, v in files.items() if k != "model.safetensors"}}))
+    (run.path / "model.safetensors").write_bytes(b"other weights")  # changed, and its entry dropped to hide it
+    with pytest.raises(RunDirError, match=r"manifest\.json: does not list model\.safetensors, so"):
+        run.verify(["config.yaml"])
+
+
+@pytest.mark.parametrize(
+    "manifest, found",
+    [
+        ([], "not a forgeml manifest (expected {\"files\": {file: sha256}}; found a list)"),
+        ("files", "not a forgeml manifest (expected {\"files\": {file: sha256}}; found a string)"),
+        ({"config.yaml": "ab"}, "not a forgeml manifest (expected {\"files\": {file: sha256}}; no 'files')"),
+        ({"files": ["config.yaml"]}, "not a forgeml manifest (expected {\"files\": {file: sha256}}; 'files' is a list)"),
+        ({"files": None}, "not a forgeml manifest (expected {\"files\": {file: sha256}}; 'files' is null)"),
+        ({"files": {"config.yaml": 12}}, "the entry for 'config.yaml' is 12, not a sha256 (64 hex digits)"),
+        ({"files": {"config.yaml": {"sha256": "ab"}}}, 'the entry for \'config.yaml\' is {"sha256": "ab"}, not a sha256 (64 hex digits)'),
+        ({"files": {"config.yaml": "A" * 64}}, f"the entry for 'config.yaml' is \"{'A' * 64}\", not a sha256 (64 hex digits)"),
+    ],
+)
+def test_verify_refuses_a_manifest_of_another_shape(tmp_path: Path, manifest: object, found: str):
+    run = make_run(tmp_path / "run")
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunDirError) as info:
+        run.verify(["config.yaml"])
+    assert str(info.value) == f"{run.path / 'manifest.json'}: {found}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -246,17 +246,21 @@ def report(
 def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="Run directory."),
     inputs: List[Path] = typer.Argument(..., metavar="INPUT...", help="A CSV, JSON Lines or Parquet file with the input columns, or image files."),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="Read image paths in a data file that lead out of its folder (absolute, .., symlinks)."
+    ),
 ) -> None:
     """Predict a CSV, JSON Lines or Parquet file, or image files; one JSON object per line.
 
     Each line holds the input, then the label and class probabilities (classification) or the value
-    (regression).
+    (regression). Image paths inside a data file are read relative to it and must stay in its folder
+    unless --allow-outside is given.
     """
     from forgeml.data.sources import IMAGE_SUFFIXES
     from forgeml.predictor import load
 
     predictor = load(run)
-    rows, predictions = predictor.predict_rows([str(p) for p in inputs])
+    rows, predictions = predictor.predict_rows([str(p) for p in inputs], allow_outside)
     images = all(p.suffix.lower() in IMAGE_SUFFIXES for p in inputs)
     for index, prediction in enumerate(predictions):
         origin = rows.origins[rows.origin_index[index]]
@@ -341,6 +345,9 @@ def explain(
     faithful: bool = typer.Option(False, "--faithfulness", help="Measure each method's deletion curve against random order instead."),
     limit: int = typer.Option(200, "--n", min=1, metavar="N", help="--faithfulness: test examples measured."),
     methods: Optional[str] = typer.Option(None, "--methods", metavar="M1,M2", help="--faithfulness: the methods (default: all that apply)."),
+    allow_outside: bool = typer.Option(
+        False, "--allow-outside", help="Read image paths in a data file that lead out of its folder (absolute, .., symlinks)."
+    ),
 ) -> None:
     """Why did the model decide this? Attributions (Captum) drawn as a heat map over an image, an
     HTML page of highlighted tokens for a text, or a bar chart of the columns of a table row, each
@@ -364,7 +371,7 @@ def explain(
         raise ForgeError("give inputs to explain (image files, or a CSV / JSON Lines file), or --faithfulness")
     from forgeml.explanation import run as run_explain
 
-    result = run_explain(run, [str(p) for p in inputs], method, label, out)
+    result = run_explain(run, [str(p) for p in inputs], method, label, out, allow_outside=allow_outside)
     for entry in result.inputs:
         top = ", ".join(f"{name} {score:+.3g}" for name, score in entry.top[:5])
         typer.echo(f"{entry.input}: {entry.target} (p {entry.probability:.3f}); strongest: {top}")

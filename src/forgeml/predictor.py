@@ -249,33 +249,36 @@ class Predictor:
         """Readable predictions: label and probabilities, or a value in the target's units."""
         return raw.decode(self.features, outputs.numpy(), self.temperature)
 
-    def predict(self, inputs: Any) -> list[dict[str, Any]]:
+    def predict(self, inputs: Any, allow_outside: bool = False) -> list[dict[str, Any]]:
         """Predict raw inputs.
 
         Args:
             inputs: a CSV, JSON Lines or Parquet path; image file paths (a path or a list of paths); a numpy
                 array of images; a list of row dicts; a dict of columns; or a ``Table`` (see ``forgeml.data.raw``).
+            allow_outside: read image paths in a data file that lead out of its folder (absolute,
+                ``..``, symlinks); by default such a row is refused. Paths given here are always read.
 
         Returns:
             One dict per input row: ``{"label", "probabilities"}`` or ``{"value"}``. For a sequence
             model, one per row with a full window of history (the last is the forecast past the end).
 
         Raises:
-            DataError: a file is missing, a column is absent or a value cannot be read.
+            DataError: a file is missing, a column is absent, a value cannot be read, or an image
+                path in a data file leads out of its folder.
         """
-        return self.predict_rows(inputs)[1]
+        return self.predict_rows(inputs, allow_outside)[1]
 
-    def predict_rows(self, inputs: Any) -> tuple[Table, list[dict[str, Any]]]:
+    def predict_rows(self, inputs: Any, allow_outside: bool = False) -> tuple[Table, list[dict[str, Any]]]:
         """Like ``predict``, also returning the parsed rows the predictions are for (their ``where()``
         names the file and line of each)."""
         if self.task == LANGUAGE_MODELLING:
             raise DataError(f"{self.run.path} is a language model: continue a text with forgeml generate (or Predictor.generate)")
-        parsed = self.parse(self.to_table(inputs))
+        parsed = self.parse(self.to_table(inputs, allow_outside))
         return parsed, self.decode(self.outputs(self.features.transform_inputs(parsed)))
 
-    def to_table(self, inputs: Any) -> Table:
+    def to_table(self, inputs: Any, allow_outside: bool = False) -> Table:
         """Raw inputs (see ``predict``) as a Table of the model's input columns."""
-        return raw.to_table(self.features, inputs)
+        return raw.to_table(self.features, inputs, allow_outside)
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> Predictor:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -27,6 +28,15 @@ MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+# What every finished run holds, as training writes it; forgeml.load reads the first three.
+REQUIRED_FILES = ("config.yaml", "features.json", "model.safetensors", "metrics.json")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _json_kind(value: Any) -> str:
+    """How a message names a parsed JSON value's type: object, list, string, number, boolean or null."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
 
 
 def json_bytes(data: Any) -> bytes:
@@ -146,16 +156,47 @@ class RunDir:
         self.write_json(MANIFEST, {"files": dict(sorted(manifest.items()))})
 
     def verify(self, names: Iterable[str]) -> None:
-        """Check ``names`` against manifest.json; raise RunDirError naming a missing or changed file."""
+        """Check ``names`` against manifest.json.
+
+        The manifest must list each of ``names`` and every file a finished run holds (``REQUIRED_FILES``):
+        a file it leaves out could not be checked, so a manifest emptied or cut down is refused too.
+
+        Raises:
+            RunDirError: no manifest, a manifest that is not ``{"files": {file: sha256}}`` or leaves
+                a file out, or a file missing or changed since the manifest was written.
+        """
         if not (self.path / MANIFEST).is_file():
             raise RunDirError(f"{self.path}: no manifest.json; the run did not finish (resume it with --resume)")
-        manifest = self.read_json(MANIFEST).get("files", {})
+        manifest = self._manifest_files()
+        names = list(names)
+        unlisted = [name for name in dict.fromkeys([*REQUIRED_FILES, *names]) if name not in manifest]
+        if unlisted:
+            raise RunDirError(
+                f"{self.path / MANIFEST}: does not list {', '.join(unlisted)}, so the run cannot be checked; "
+                "it was cut down or edited (train the run again)"
+            )
         for name in names:
             path = self.path / name
             if not path.is_file():
                 raise RunDirError(f"{path}: missing from the run directory")
-            if name in manifest and sha256_file(path) != manifest[name]:
+            if sha256_file(path) != manifest[name]:
                 raise RunDirError(f"{path}: corrupt (its sha256 does not match manifest.json)")
+
+    def _manifest_files(self) -> dict[str, str]:
+        """manifest.json's file -> sha256 entries, its shape checked: anything else in their place
+        would make verify check nothing."""
+        manifest = self.read_json(MANIFEST)
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict):
+            if not isinstance(manifest, dict):
+                found = f"found {_json_kind(manifest)}"
+            else:
+                found = f"'files' is {_json_kind(files)}" if "files" in manifest else "no 'files'"
+            raise RunDirError(f"{self.path / MANIFEST}: not a forgeml manifest (expected {{\"files\": {{file: sha256}}}}; {found})")
+        for name, digest in files.items():
+            if not (isinstance(digest, str) and SHA256.fullmatch(digest)):
+                raise RunDirError(f"{self.path / MANIFEST}: the entry for {name!r} is {json.dumps(digest)[:80]}, not a sha256 (64 hex digits)")
+        return files
 
     # -- checkpoints
 

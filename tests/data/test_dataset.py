@@ -57,6 +57,24 @@ def test_a_missing_image_file_names_file_line_and_column(csv_dataset: Path):
     assert str(info.value) == f"{csv_dataset}, line 7: column 'picture': no such image file {str(missing)!r} (set data.on_bad_row: skip to drop such rows)"
 
 
+def test_image_paths_in_a_training_file_stay_in_its_folder_unless_the_source_allows(csv_dataset: Path):
+    # what a data file from elsewhere could name: a file outside its folder (here one of its own images, moved out)
+    outside = csv_dataset.parent.parent / "outside.png"
+    (csv_dataset.parent / "images" / "img5.png").rename(outside)
+    edit_lines(csv_dataset, {7: f"1.0,red,{outside},small"})
+    features = [{"type": "image", "name": "picture"}]
+    with pytest.raises(DataError) as info:
+        load_dataset(data_config({"type": "csv", "path": str(csv_dataset)}, features=features), seed=0)
+    assert str(info.value) == (
+        f"{csv_dataset}, line 7: column 'picture': {str(outside)!r} lies outside the folder of {csv_dataset}; "
+        "set allow_outside: true on its data source to read it (set data.on_bad_row: skip to drop such rows)"
+    )
+    allowed = load_dataset(data_config({"type": "csv", "path": str(csv_dataset), "allow_outside": True}, features=features), seed=0)
+    assert len(allowed.table) == 60
+    skipped = load_dataset(data_config({"type": "csv", "path": str(csv_dataset)}, features=features, on_bad_row="skip"), seed=0)
+    assert len(skipped.table) == 59 and skipped.skipped == {"picture": 1}
+
+
 def test_skip_drops_and_counts_bad_rows(csv_dataset: Path):
     original = csv_dataset.read_text().splitlines()
     edit_lines(csv_dataset, {4: "oops,red,x,small", 9: "1.0,,x,big", 12: "NA,,x,big", 20: original[19].rsplit(",", 1)[0] + ","})

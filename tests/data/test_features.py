@@ -192,6 +192,21 @@ def test_bad_image_files_are_marked_with_reasons(tmp_path: Path):
     assert parsed.reasons[3] == f"image {str(tmp_path / 'big.png')!r} is 5x5, others are 4x4; set `size` to resize"
 
 
+def test_a_confined_data_file_refuses_a_symlink_loop_and_reads_what_it_checked(tmp_path: Path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "loop.png").symlink_to(folder / "loop.png")  # where it leads cannot be told: refused
+    write_png(folder / "in.png", np.full((2, 2), 255, dtype=np.uint8))
+    (folder / "same.png").symlink_to("in.png")  # a symlink that stays inside is read
+    csv = folder / "rows.csv"
+    csv.write_text("p\nloop.png\nsame.png\n")
+    table = read_csv(csv).confine("pass --allow-outside to read it")
+    parsed = feature(type="image", name="p").parse(table.columns["p"], table)
+    assert parsed.bad.tolist() == [True, False]
+    assert parsed.reasons[0] == f"'loop.png' lies outside the folder of {csv}; pass --allow-outside to read it"
+    np.testing.assert_array_equal(parsed.values[1], np.ones((1, 2, 2), dtype=np.float32))
+
+
 # --------------------------------------------------------------------------------------------------
 # the bundle
 

@@ -92,7 +92,7 @@ def test_builtin_shorthand_inside_a_merge_and_the_config_round_trip(two_files: d
     [
         ({"sources": {"a": {"type": "merge", "sources": {}}}}, "data.source.sources: a: a merge cannot contain another merge"),
         ({"sources": {"a": {"type": "csv"}}}, "data.source.sources: a: give exactly one of `path` (one file) or `paths` (a file per split)"),
-        ({"sources": {"a": {"type": "csv", "path": "x", "colour": 1}}}, "data.source.sources: a.colour: unknown key; allowed keys here: path, paths, type, delimiter"),
+        ({"sources": {"a": {"type": "csv", "path": "x", "colour": 1}}}, "data.source.sources: a.colour: unknown key; allowed keys here: path, paths, allow_outside, type, delimiter"),
         ({"sources": {"a": {"type": "cvs", "path": "x"}}}, "data.source.sources: a.type: 'cvs' is not one of: builtin, csv, jsonl, parquet"),
         ({"sources": {"a": {"path": "x"}}}, "data.source.sources: a: needs a mapping with a `type`"),
         ({"sources": {"a": "digitz"}}, "data.source.sources: a.name: 'digitz' is not one of: 'digits', 'mnist5k'"),

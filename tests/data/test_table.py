@@ -55,3 +55,11 @@ def test_path_columns_become_absolute_when_base_directories_differ(tmp_path: Pat
 
     same = Table.concat([first, first])  # one base directory serves both: paths stay relative
     assert same.columns["image"].tolist() == ["cat/1.png", "cat/1.png"] and same.base_dir == tmp_path / "one"
+
+
+def test_confined_origins_survive_take_and_concat():
+    first = Table.single({"image": np.array(["a.png", "b.png"], dtype=object)}, "one/a.csv").confine("pass --allow-outside to read it")
+    second = Table.single({"image": np.array(["c.png"], dtype=object)}, "two/b.csv")  # read with allow_outside: not confined
+    table = Table.concat([first, second], union=True)
+    assert table.confined == {"one/a.csv": "pass --allow-outside to read it"}
+    assert table.take(np.array([2, 0])).confined == table.confined

@@ -59,6 +59,9 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
 
     one_row = root / "one_row.csv"
     one_row.write_text("x\n7\n")
+    outside = root / "batch" / "outside.csv"  # names an image out of its own folder
+    outside.parent.mkdir()
+    outside.write_text("image\n../images/one.png\n")
 
     def regression() -> dict[str, Any]:
         train = forge("train", EXAMPLES / "linear_regression_gd.yaml", "--out", line, "--set", "train.epochs=500")
@@ -77,9 +80,14 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
             "evaluations": evaluations,
             "predict": lambda: forge("predict", digits_run.path, *images),
             "regression": regression,
+            "refused": lambda: forge("predict", digits_run.path, outside),
+            "allowed": lambda: forge("predict", digits_run.path, outside, "--allow-outside"),
         }
     )
-    return {"images": images, "line": line, "before": before, **results["evaluations"], "predict": results["predict"], "regression": results["regression"]}
+    return {
+        "images": images, "line": line, "before": before, "outside": outside, **results["evaluations"],
+        **{name: results[name] for name in ("predict", "regression", "refused", "allowed")},
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,6 +164,17 @@ def test_predict_images(digits_run: TrainedRun, calls: dict[str, Any]) -> None:
         assert all(0.0 <= p <= 1.0 for p in probabilities.values())
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
         assert prediction["label"] == max(probabilities, key=probabilities.get)
+
+
+def test_predict_refuses_an_image_path_out_of_the_csv_folder_unless_allowed(calls: dict[str, Any]) -> None:
+    outside = calls["outside"]
+    assert_user_error(
+        calls["refused"],
+        f"{outside}, line 2: column 'image': '../images/one.png' lies outside the folder of {outside}; pass --allow-outside",
+    )
+    assert calls["allowed"].returncode == 0, describe(calls["allowed"])
+    allowed, direct = json_lines(calls["allowed"].stdout), json_lines(calls["predict"].stdout)
+    assert allowed == [{**direct[0], "input": f"{outside}:2"}]  # the same image, read through the CSV
 
 
 # --------------------------------------------------------------------------------------------------

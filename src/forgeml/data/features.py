@@ -298,6 +298,26 @@ def _deep_pixels(image: Any, label: str) -> np.ndarray:
     return pixels / np.float32(full_scale)
 
 
+def _inside_folder(path: Path, data_file: str, remedy: str) -> tuple[Path, str]:
+    """An image path written in ``data_file``, resolved against the file's folder: the real path to
+    open (symlinks followed, so what is checked is what is read) and how a message names it.
+
+    The refusal reads the same whether or not the target exists, so a data file cannot be used to
+    probe for files outside its folder.
+
+    Raises:
+        ValueError: the path leads out of the folder (absolute elsewhere, ``..``, a symlink out).
+    """
+    folder = Path(data_file).parent
+    try:
+        real_folder = folder.resolve()
+        real = (real_folder / path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: where it leads cannot be told
+        real = None
+    if real is None or not real.is_relative_to(real_folder):
+        raise ValueError(f"{str(path)!r} lies outside the folder of {data_file}; {remedy}")
+    return real, repr(str(folder / path))
+
 
 @FEATURES.register("image", ImageConfig)
 class ImageFeature:
@@ -357,12 +377,20 @@ class ImageFeature:
     @staticmethod
     def _source(raw: Any, table: Table, i: int) -> tuple[Path | io.BytesIO, str]:
         """Where row i's image is read from, and how a message names it: a file path (relative to
-        the file that names it), or the bytes of an encoded image (an upload to ``forgeml serve``)."""
+        the file that names it), or the bytes of an encoded image (an upload to ``forgeml serve``).
+
+        Raises:
+            ValueError: the row comes from a confined data file (``Table.confine``) and the path
+                leads out of that file's folder.
+        """
         if isinstance(raw, (bytes, bytearray)):
             return io.BytesIO(raw), "bytes"
         path = Path(str(raw).strip())
+        origin_name = table.origins[table.origin_index[i]]
+        if origin_name in table.confined:
+            return _inside_folder(path, origin_name, table.confined[origin_name])
         if not path.is_absolute():
-            origin = Path(table.origins[table.origin_index[i]])
+            origin = Path(origin_name)
             base = origin.parent if origin.is_file() else (table.base_dir or Path.cwd())
             path = base / path
         return path, repr(str(path))
@@ -389,8 +417,8 @@ class ImageFeature:
         bad = np.zeros(len(column), dtype=bool)
         reasons: dict[int, str] = {}
         for i, raw in enumerate(column):
-            source, label = self._source(raw, table, i)
             try:
+                source, label = self._source(raw, table, i)
                 image = self._as_chw(self._read_file(source, label))
                 if self.shape is None:
                     self.shape = image.shape  # type: ignore[assignment]

@@ -18,6 +18,9 @@ from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parq
 from forgeml.data.table import Table
 from forgeml.errors import DataError
 
+# How a refused image path in a data file says what to do (see Table.confine).
+ALLOW_OUTSIDE = "pass --allow-outside (allow_outside=True in Python) to read it"
+
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64 (then float32), stable for large logits."""
@@ -41,14 +44,19 @@ def decode(features: Any, outputs: np.ndarray, temperature: float = 1.0) -> list
     return [{"value": float(v)} for v in values]
 
 
-def to_table(features: Any, inputs: Any) -> Table:
+def to_table(features: Any, inputs: Any, allow_outside: bool = False) -> Table:
     """Raw inputs as a Table of the model's input columns.
+
+    Paths the caller gives are read as given. Image paths written inside a CSV, JSON Lines or
+    Parquet file are read relative to that file and must lie inside its folder, unless
+    ``allow_outside``: the file may come from someone else (parsing then refuses such a row).
 
     Args:
         features: the fitted ``Features`` of the model.
         inputs: a CSV, TSV, JSON Lines or Parquet path; image file paths (one or a list); a numpy
             array of images (N x H x W or N x H x W x C, on the scale of the training images); a
             list of row dicts; a dict of columns; or a ``Table``.
+        allow_outside: let a data file's image paths lead anywhere (absolute, ``..``, symlinks).
 
     Raises:
         DataError: a file is missing or of an unknown kind, or a row lacks a column.
@@ -64,7 +72,11 @@ def to_table(features: Any, inputs: Any) -> Table:
         return Table.single(columns, "input")
     items = list(inputs)
     if items and all(isinstance(i, (str, Path)) for i in items):
-        return _file_table(features, [Path(i) for i in items])
+        paths = [Path(i) for i in items]
+        if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
+            return _image_table(features, paths)
+        table = _data_file_table(paths)
+        return table if allow_outside else table.confine(ALLOW_OUTSIDE)
     if items and all(isinstance(i, dict) for i in items):
         names = features.columns
         missing = [n for n in names if any(n not in row for row in items)]
@@ -74,9 +86,7 @@ def to_table(features: Any, inputs: Any) -> Table:
     raise DataError("nothing to predict: give a CSV file, image files, or rows")
 
 
-def _file_table(features: Any, paths: list[Path]) -> Table:
-    if all(p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
-        return _image_table(features, paths)
+def _data_file_table(paths: list[Path]) -> Table:
     if len(paths) == 1 and paths[0].suffix.lower() in (".csv", ".tsv"):
         return read_csv(paths[0], "\t" if paths[0].suffix.lower() == ".tsv" else ",")
     if len(paths) == 1 and paths[0].suffix.lower() in (".jsonl", ".ndjson"):

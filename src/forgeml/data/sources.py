@@ -119,6 +119,26 @@ def load_files(cfg: FileSourceConfig, read: Callable[[str], Table], kind: str, u
     return SourceData(merged, description=f"{kind} {unit}s " + ", ".join(f"{k}={v}" for k, v in cfg.paths.items()))
 
 
+class DataFileConfig(FileSourceConfig):
+    """A file source of rows (CSV, JSON Lines, Parquet), whose image columns hold paths."""
+
+    allow_outside: bool = Field(
+        False,
+        description="Read image paths in the file that lead out of its folder (absolute, `..`, symlinks out); "
+        "false: such a row is refused, as a file from elsewhere may name any file on this machine.",
+    )
+
+
+# How a refused image path in a training file says what to do (see Table.confine).
+ALLOW_OUTSIDE = "set allow_outside: true on its data source to read it"
+
+
+def load_data_files(cfg: DataFileConfig, read: Callable[[str], Table], kind: str) -> SourceData:
+    """``load_files`` for files of rows, their image paths confined to each file's folder unless
+    ``cfg.allow_outside``."""
+    return load_files(cfg, read if cfg.allow_outside else (lambda path: read(path).confine(ALLOW_OUTSIDE)), kind)
+
+
 def _existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -126,7 +146,7 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
-class CSVConfig(FileSourceConfig):
+class CSVConfig(DataFileConfig):
     """Rows from CSV/TSV files with a header row: one file split by fractions, or a file per split."""
 
     type: Literal["csv"] = Field(description="CSV / TSV files.")
@@ -163,10 +183,10 @@ def read_csv(path: str | Path, delimiter: str = ",") -> Table:
 
 @SOURCES.register("csv", CSVConfig)
 def load_csv(cfg: CSVConfig) -> SourceData:
-    return load_files(cfg, lambda path: read_csv(path, cfg.delimiter), "CSV")
+    return load_data_files(cfg, lambda path: read_csv(path, cfg.delimiter), "CSV")
 
 
-class JSONLConfig(FileSourceConfig):
+class JSONLConfig(DataFileConfig):
     """Rows from JSON Lines files: one JSON object per line; a key missing from a row is a missing value."""
 
     type: Literal["jsonl"] = Field(description="JSON Lines files.")
@@ -208,10 +228,10 @@ def read_jsonl(path: str | Path) -> Table:
 
 @SOURCES.register("jsonl", JSONLConfig)
 def load_jsonl(cfg: JSONLConfig) -> SourceData:
-    return load_files(cfg, read_jsonl, "JSON Lines")
+    return load_data_files(cfg, read_jsonl, "JSON Lines")
 
 
-class ParquetConfig(FileSourceConfig):
+class ParquetConfig(DataFileConfig):
     """Rows from Parquet files: columns keep their types; a null is a missing value."""
 
     type: Literal["parquet"] = Field(description="Parquet files.")
@@ -253,7 +273,7 @@ def _numpy_column(column: Any) -> np.ndarray:
 
 @SOURCES.register("parquet", ParquetConfig)
 def load_parquet(cfg: ParquetConfig) -> SourceData:
-    return load_files(cfg, read_parquet, "Parquet")
+    return load_data_files(cfg, read_parquet, "Parquet")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class Table:
             not a file (a row read from a file resolves against that file's folder).
         path_columns: columns whose values are file paths relative to ``base_dir`` (an image folder's
             ``image`` column); ``concat`` rewrites them when the tables' base directories differ.
+        confined: origins (data files) whose file paths must lie inside the file's own folder, each
+            with what to do to read one outside it; see ``confine``.
     """
 
     columns: dict[str, np.ndarray]
@@ -32,6 +34,7 @@ class Table:
     base_dir: Path | None = None
     skipped: dict[str, int] = field(default_factory=dict)
     path_columns: tuple[str, ...] = ()
+    confined: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def single(cls, columns: dict[str, np.ndarray], origin: str, first_line: int = 1, base_dir: Path | None = None) -> "Table":
@@ -58,6 +61,7 @@ class Table:
             self.base_dir,
             dict(self.skipped),
             self.path_columns,
+            self.confined,
         )
 
     @staticmethod
@@ -105,6 +109,7 @@ class Table:
             None if any(s is None for s in splits) else np.concatenate(splits),  # type: ignore[arg-type]
             base_dirs.pop() if len(base_dirs) == 1 else None,
             path_columns=tuple(dict.fromkeys(name for table in tables for name in table.path_columns)),
+            confined={origin: remedy for table in tables for origin, remedy in table.confined.items()},
         )
 
     def with_absolute_paths(self) -> "Table":
@@ -115,4 +120,17 @@ class Table:
         columns = dict(self.columns)
         for name in self.path_columns:
             columns[name] = np.array([str(base / str(value)) for value in columns[name]], dtype=object)
-        return Table(columns, self.origins, self.origin_index, self.line, self.split, None, dict(self.skipped), self.path_columns)
+        return Table(columns, self.origins, self.origin_index, self.line, self.split, None, dict(self.skipped), self.path_columns, self.confined)
+
+    def confine(self, remedy: str) -> "Table":
+        """Confine the file paths in the rows of this table's origins (the data files it was read
+        from) to each file's folder: an image path there is read relative to the file, and one that
+        leads out of the folder (absolute, ``..``, a symlink) is refused with a message ending in
+        ``remedy`` (e.g. "pass --allow-outside to read it"). A file the user names directly is theirs
+        to read; paths written inside a file may come from anyone who wrote it.
+
+        Returns:
+            this table, changed in place.
+        """
+        self.confined = {**self.confined, **{origin: remedy for origin in self.origins}}
+        return self

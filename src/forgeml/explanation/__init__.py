@@ -75,7 +75,13 @@ def _slug(text: str) -> str:
 
 
 def run(
-    target: str | Path | Predictor, inputs: Any, method: str = "ig", label: Optional[str] = None, out: str | Path | None = None, save: bool = True
+    target: str | Path | Predictor,
+    inputs: Any,
+    method: str = "ig",
+    label: Optional[str] = None,
+    out: str | Path | None = None,
+    save: bool = True,
+    allow_outside: bool = False,
 ) -> ExplainResult:
     """Explain raw inputs (what ``predict`` takes) with one method; write the pictures and JSON.
 
@@ -86,12 +92,13 @@ def run(
         label: the class to explain (default: each input's predicted class).
         out: the folder for the pictures (default: ``explanations/`` in the run).
         save: write the files and ``explain.json``.
+        allow_outside: read image paths in a data file that lead out of its folder (as ``predict``).
 
     Raises:
         ForgeError: not a classifier, an unknown method or class, unreadable inputs.
     """
     predictor = _classifier(target)
-    rows = predictor.parse(predictor.to_table(inputs))
+    rows = predictor.parse(predictor.to_table(inputs, allow_outside))
     images = predictor.features.input_spec.kind == "image"
     names = [
         rows.origins[rows.origin_index[i]] if images else f"{rows.origins[rows.origin_index[i]]}:{int(rows.line[i])}"  # an image file, or file:line of a row

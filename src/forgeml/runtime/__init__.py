@@ -88,15 +88,16 @@ class Runtime:
         """Readable predictions: label and probabilities, or a value in the target's units."""
         return raw.decode(self.features, outputs, self.temperature)
 
-    def predict(self, inputs: Any) -> list[dict[str, Any]]:
+    def predict(self, inputs: Any, allow_outside: bool = False) -> list[dict[str, Any]]:
         """Predict raw inputs: the inputs ``forgeml.load(run).predict`` takes (a CSV, JSON Lines or
         Parquet path, image files, an array of images, row dicts, a dict of columns), with the same
-        result: one ``{"label", "probabilities"}`` or ``{"value"}`` per row."""
-        return self.predict_rows(inputs)[1]
+        result: one ``{"label", "probabilities"}`` or ``{"value"}`` per row. ``allow_outside`` as
+        for ``Predictor.predict``: image paths in a data file stay inside its folder unless given."""
+        return self.predict_rows(inputs, allow_outside)[1]
 
-    def predict_rows(self, inputs: Any) -> tuple[Table, list[dict[str, Any]]]:
+    def predict_rows(self, inputs: Any, allow_outside: bool = False) -> tuple[Table, list[dict[str, Any]]]:
         """Like ``predict``, also returning the parsed rows the predictions are for."""
-        parsed = self.parse(raw.to_table(self.features, inputs))
+        parsed = self.parse(raw.to_table(self.features, inputs, allow_outside))
         return parsed, self.decode(self.outputs(self.features.encode_inputs(parsed)))
 
 

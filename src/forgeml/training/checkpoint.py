@@ -64,8 +64,8 @@ def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
     """Load what ``state_dict_tensors`` stored into a freshly built ``model`` of the same config.
 
     Raises:
-        RuntimeError: the tensors are not the ones ``model`` stores (another config), as
-            ``load_state_dict`` raises for a whole model.
+        RuntimeError: the tensors are not the ones ``model`` stores (another config): tensors missing
+            or unexpected, or one of another shape (named, with both shapes).
     """
     names = trained_names(model)
     if distributed.is_sharded(model):  # rank 0 holds the tensors (state_dict_tensors) and sends each rank its shards
@@ -73,16 +73,24 @@ def load_state_dict_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
 
         set_model_state_dict(model, tensors, options=_full_state_options(broadcast_from_rank0=True, strict=names is None))
         return
-    if names is None or set(tensors) == set(model.state_dict()):  # everything stored (as runs did before adapter-only storage)
-        model.load_state_dict(tensors)
-        return
-    missing, unexpected = sorted(names - set(tensors)), sorted(set(tensors) - names)
+    expected = model.state_dict()
+    whole = names is None or set(tensors) == set(expected)  # everything stored (as runs did before adapter-only storage)
+    wanted = set(expected) if whole else names
+    missing, unexpected = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
     if missing or unexpected:
         raise RuntimeError(
             f"the stored tensors do not fit this model: {len(missing)} missing (e.g. {missing[:2]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
-    model.load_state_dict(tensors, strict=False)
+    # load_state_dict's own message puts the tensor's name past the first line, which is all a one-line error shows
+    wrong = [name for name in tensors if tuple(tensors[name].shape) != tuple(expected[name].shape)]
+    if wrong:
+        name = wrong[0]
+        raise RuntimeError(
+            f"tensor {name!r} is {list(tensors[name].shape)} in the stored weights, {list(expected[name].shape)} in the model"
+            + (f" ({len(wrong) - 1} more tensors differ in shape)" if len(wrong) > 1 else "")
+        )
+    model.load_state_dict(tensors, strict=whole)
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
