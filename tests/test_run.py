@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 from helpers import tiny_config
 
 from forgeml.errors import RunDirError
+from forgeml.files import staging_dir
 from forgeml.run import RunDir, atomic_write
 
 
@@ -267,6 +270,61 @@ def test_checkpoints_past_a_million_steps_keep_the_newest(tmp_path: Path):
     run.save_checkpoint(999_999, checkpoint_files(999_999), keep=1)
     run.save_checkpoint(1_000_000, checkpoint_files(1_000_000), keep=1)
     assert run.load_checkpoint() == ("step-1000000", checkpoint_files(1_000_000))
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in the middle of a write."""
+
+
+def killed_write(monkeypatch: pytest.MonkeyPatch, write: Callable[[], object]) -> None:
+    """Run ``write`` as a process killed before its first rename would: nothing of it is cleaned up
+    (a killed process runs no ``except``), so its temporary files and folders stay as they were."""
+
+    def kill(*args: object) -> None:
+        raise Killed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", kill)
+        patch.setattr(Path, "unlink", lambda self, missing_ok=False: None)
+        patch.setattr(shutil, "rmtree", lambda path, ignore_errors=False: None)
+        with pytest.raises(Killed):
+            write()
+
+
+def test_remove_leftovers_takes_what_killed_writes_left_and_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    run = make_run(tmp_path / "run")
+    run.save_checkpoint(4, checkpoint_files(4), keep=2)
+    finished = set(files_in(run.path))
+    killed_write(monkeypatch, lambda: run.save_checkpoint(8, checkpoint_files(8), keep=2))
+    killed_write(monkeypatch, lambda: run.write_bytes("model.safetensors", b"new weights"))
+    (staging_dir(run.path, "export") / "model.onnx").write_bytes(b"half a bundle")
+    left = sorted(set(files_in(run.path)) - finished)
+    leftovers = [p for p in left if "/" not in p.removeprefix("checkpoints/")]  # each with what it holds
+    assert [p.split(".")[1] for p in leftovers] == ["export", "model", "step-000008"], left
+    assert len(left) == 5, left  # and the staged model.onnx and checkpoint's .model.safetensors.*.tmp
+    user = {  # hidden or temporary-looking, but not names forgeml's writes give: kept
+        ".notes.tmp": b"n",
+        "notes.abcdefgh.tmp": b"n",
+        ".model.safetensors.abc.tmp": b"n",
+        ".model.safetensors.ABCDEFGH.tmp": b"n",
+        "checkpoints/.step-000012.abcdefgh.bak": b"n",
+    }
+    for name, data in user.items():
+        (run.path / name).write_bytes(data)
+    (run.path / ".backup.abcdefgh").mkdir()  # a folder, but not one forgeml stages in a run
+    (run.path / ".backup.abcdefgh" / "x").write_bytes(b"x")
+    (tmp_path / "outside.txt").write_bytes(b"o")
+    (run.path / ".link.abcdefgh.tmp").symlink_to(tmp_path / "outside.txt")
+    before = set(files_in(run.path))
+
+    assert run.remove_leftovers() == leftovers
+
+    assert set(files_in(run.path)) == before - set(left)
+    assert all((run.path / name).read_bytes() == data for name, data in user.items())
+    assert (tmp_path / "outside.txt").read_bytes() == b"o"
+    assert run.load_checkpoint() == ("step-000004", checkpoint_files(4))
+    run.verify(["config.yaml", "model.safetensors", "metrics.json"])  # the finished files are untouched
+    assert run.remove_leftovers() == []
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The command line: one thin function per command; each imports its stage lazily.
 
 A user error (ForgeError) prints one line on stderr and exits with code 2; ``--debug`` shows the
-traceback instead.
+traceback instead. Ctrl-C exits 130 and SIGTERM 143 (``forgeml.signals``), both after the
+interrupted command has cleaned up: a stopped training run keeps its checkpoints and says how to
+resume it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any, List, Optional
 import typer
 
 from forgeml.errors import ForgeError
+from forgeml.signals import EXIT_CODE as TERMINATED
+from forgeml.signals import Terminated, sigterm_raises
 
 app = typer.Typer(
     name="forgeml",
@@ -150,7 +154,17 @@ def _torchrun(
     else:  # machines are numbered as they arrive
         launch += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", str(endpoint), "--rdzv-id", "forgeml"]
     debug = ["--debug"] if _state["debug"] else []
-    return subprocess.call([*launch, "-m", "forgeml", *debug, "train", *arguments])
+    process = subprocess.Popen([*launch, "-m", "forgeml", *debug, "train", *arguments])
+    try:
+        return process.wait()
+    except Terminated:  # torchrun passes SIGTERM on to every worker, which stops as one process does
+        process.terminate()
+        process.wait()
+        raise
+    except BaseException:  # Ctrl-C reached torchrun and its workers too; what subprocess.call did
+        process.kill()
+        process.wait()
+        raise
 
 
 @app.command()
@@ -668,7 +682,10 @@ def _exit(code: int) -> None:
 def main() -> None:
     """Entry point of the ``forgeml`` command."""
     try:
-        code = app(standalone_mode=False)
+        with sigterm_raises():  # every command, so a kill mid-write leaves no half file; serve sets its own while it serves
+            code = app(standalone_mode=False)
+    except Terminated:
+        code = TERMINATED
     except ForgeError as exc:
         if _state["debug"]:
             raise
@@ -688,4 +705,6 @@ def main() -> None:
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns Ctrl-C into exit code 130 without raising
         typer.echo("interrupted", err=True)
+    elif code == TERMINATED:
+        typer.echo("terminated", err=True)
     _exit(code if isinstance(code, int) else 0)

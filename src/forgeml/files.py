@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -64,6 +65,36 @@ def replace_dir(staged: Path, final: Path) -> None:
         shutil.rmtree(final)
     os.replace(staged, final)
     fsync_dir(final.parent)
+
+
+# What tempfile puts between the prefix and the suffix of the names above: 8 of [a-z0-9_]
+_RANDOM_PART = "[a-z0-9_]{8}"
+
+
+def remove_leftovers(folder: Path, staged: str) -> list[str]:
+    """Remove what writes interrupted by a kill or a crash left directly in ``folder`` (not below
+    it): ``atomic_write``'s temporary files (``.NAME.XXXXXXXX.tmp``) and ``staging_dir``'s
+    directories (``.NAME.XXXXXXXX``) of the names that fully match the regular expression
+    ``staged``. Nothing else is touched, and a link is never followed. Call it only as the folder's
+    one writer: another process's write in progress would lose its temporary file.
+
+    Returns:
+        The names removed, sorted.
+    """
+    temporary_file = re.compile(rf"\..+\.{_RANDOM_PART}\.tmp")
+    staging = re.compile(rf"\.(?:{staged})\.{_RANDOM_PART}")
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.is_symlink():
+            continue
+        if entry.is_file() and temporary_file.fullmatch(entry.name):
+            entry.unlink(missing_ok=True)
+        elif entry.is_dir() and staging.fullmatch(entry.name):
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            continue
+        removed.append(entry.name)
+    return removed
 
 
 def sha256_file(path: Path) -> str:

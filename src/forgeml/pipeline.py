@@ -132,6 +132,7 @@ def _train(cfg: Any, path: Path, overwrite: bool, echo: Callable[[str], None], l
         saved = _comparable(run.read_yaml("config.yaml"))
         same = saved == resolved
         if same and _finished(run):
+            run.remove_leftovers()  # what a killed stage's write left; the stages after training write here again
             return StageOutcome("train", "skipped", 0.0, f"{path}/model.safetensors")
         if same and run.checkpoint_names():
             echo(f"{label}: resuming the interrupted run {path}")

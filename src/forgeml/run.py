@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from forgeml.errors import RunDirError
-from forgeml.files import atomic_write, replace_dir, sha256_file, staging_dir
+from forgeml.files import atomic_write, remove_leftovers, replace_dir, sha256_file, staging_dir
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
@@ -78,6 +78,17 @@ class RunDir:
         if not (path / "config.yaml").is_file():
             raise RunDirError(f"{path}: not a forgeml run directory (no config.yaml)")
         return cls(path)
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove what writes interrupted by a kill or a crash left in the run: temporary files at its
+        top and in checkpoints/, checkpoint staging directories and the export bundle's (forgeml
+        export's default RUN/export). Called by the run's one writer when it opens the run.
+
+        Returns:
+            The paths removed, relative to the run.
+        """
+        removed = remove_leftovers(self.path, staged="export")
+        return removed + [f"{CHECKPOINTS}/{name}" for name in remove_leftovers(self.path / CHECKPOINTS, staged=r"step-\d+")]
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -4,11 +4,12 @@ One module fixture does all the work, in two phases of side-by-side CLI calls:
 
 1. an uninterrupted run of CONFIG (max_steps 1500) || a run of CONFIG with --set train.max_steps=100000,
    SIGKILLed once checkpoints/latest names a step >= 300 (it cannot finish first: no race) || another
-   such run interrupted with SIGINT (Ctrl-C) after its first checkpoint; the killed run directory is
-   then copied twice;
+   such run interrupted with SIGINT (Ctrl-C) after its first checkpoint || one stopped with SIGTERM
+   there || the same through forgeml pipeline; the killed run directory is then copied twice, and
+   given the temporary files and folders a kill in the middle of writes leaves;
 2. ``--resume`` of the killed run (without the --set: max_steps goes back to 1500, a change resume
-   allows) || the same on a copy whose newest checkpoint is truncated || a resume of the other copy
-   with --set train.lr=0.5, which must be refused.
+   allows), which must remove them || the same on a copy whose newest checkpoint is truncated || a
+   resume of the other copy with --set train.lr=0.5, which must be refused.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from forgeml.run import RunDir
 
 from .support import TrainedRun, assert_user_error, describe, forge, in_parallel, popen_forge, read_history, read_json, sha256, write_yaml
 
@@ -54,10 +57,13 @@ def latest_step(run: Path) -> int:
         return -1
 
 
-def train_and_signal(config: Path, run: Path, log: Path, sig: int, at_step: int, timeout: float = 240) -> dict[str, Any]:
-    """Start training, send ``sig`` once a checkpoint at step >= ``at_step`` is complete; what was seen."""
+def train_and_signal(
+    config: Path, run: Path, log: Path, sig: int, at_step: int, timeout: float = 240, command: str = "train"
+) -> dict[str, Any]:
+    """Start training (``forgeml COMMAND``), send ``sig`` once a checkpoint at step >= ``at_step`` is
+    complete; what was seen."""
     with log.open("w") as output, log.with_suffix(".err").open("w") as errors:
-        process = popen_forge("train", config, "--out", run, "--set", "train.max_steps=100000", stdout=output, stderr=errors)
+        process = popen_forge(command, config, "--out", run, "--set", "train.max_steps=100000", stdout=output, stderr=errors)
         deadline = time.monotonic() + timeout
         try:
             while latest_step(run) < at_step and process.poll() is None and time.monotonic() < deadline:
@@ -84,14 +90,18 @@ def train_and_signal(config: Path, run: Path, log: Path, sig: int, at_step: int,
 def resume(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("resume")
     config = write_yaml(root / "resume.yaml", CONFIG)
-    names = ("full", "killed", "interrupted", "truncated", "changed")
-    full, killed, interrupted, truncated, changed = (root / name for name in names)
+    names = ("full", "killed", "interrupted", "truncated", "changed", "terminated")  # terminated: by SIGTERM
+    full, killed, interrupted, truncated, changed, terminated = (root / name for name in names)
 
     phase1 = in_parallel(
         {
             "full": lambda: forge("train", config, "--out", full),
             "kill": lambda: train_and_signal(config, killed, root / "killed.log", signal.SIGKILL, KILL_AT),
             "interrupt": lambda: train_and_signal(config, interrupted, root / "interrupted.log", signal.SIGINT, CHECKPOINT_EVERY),
+            "terminate": lambda: train_and_signal(config, terminated, root / "terminated.log", signal.SIGTERM, CHECKPOINT_EVERY),
+            "pipeline": lambda: train_and_signal(
+                config, root / "pipeline", root / "pipeline.log", signal.SIGTERM, CHECKPOINT_EVERY, command="pipeline"
+            ),
         }
     )
     kill = phase1["kill"]
@@ -106,6 +116,9 @@ def resume(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     weights.write_bytes(data[: len(data) // 2])
     previous = max(name for name in kill["checkpoints"] if name < newest)
     changed_before = {p.name: sha256(p) for p in changed.iterdir() if p.is_file()}
+    warnings: list[str] = []
+    kept = RunDir(terminated).load_checkpoint(warn=warnings.append) if terminated.is_dir() else None
+    leftovers = plant_leftovers(killed)
 
     phase2 = in_parallel(
         {
@@ -126,8 +139,37 @@ def resume(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "newest": newest,
         "previous": previous,
         "changed_before": changed_before,
+        "terminate": phase1["terminate"],
+        "pipeline": phase1["pipeline"],
+        "pipeline_run": root / "pipeline",
+        "terminated": terminated,
+        "terminated_kept": (kept[0] if kept else None, warnings),
+        "leftovers": leftovers,
         **{f"{name}_result": result for name, result in phase2.items()},
     }
+
+
+# what SIGKILL in the middle of writes leaves (the names forgeml's atomic writes give): a checkpoint
+# being staged, with a file still under its temporary name, and the final weights and checkpoints/latest
+# being written; and a file of the user's that only looks temporary
+LEFTOVERS = {
+    "checkpoints/.step-000999.k2j3h4g5/model.safetensors": b"half",
+    "checkpoints/.step-000999.k2j3h4g5/.optimizer.safetensors.a1b2c3d4.tmp": b"half",
+    "checkpoints/.latest.z1x2c3v_.tmp": b"step-0003",
+    ".model.safetensors.q9w8e7r6.tmp": b"half",
+}
+USER_FILE = ".my-notes.tmp"
+
+
+def plant_leftovers(run: Path) -> list[str]:
+    for name, data in {**LEFTOVERS, USER_FILE: b"mine"}.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_bytes(data)
+    return [".model.safetensors.q9w8e7r6.tmp", "checkpoints/.latest.z1x2c3v_.tmp", "checkpoints/.step-000999.k2j3h4g5"]
+
+
+def hidden_entries(run: Path) -> list[str]:
+    return sorted(str(p.relative_to(run)) for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith("."))
 
 
 def assert_same_weights(run: Path, reference: Path) -> None:
@@ -228,3 +270,35 @@ def test_ctrl_c_exits_130_and_says_interrupted(resume: dict[str, Any]) -> None:
     interrupt = resume["interrupt"]
     assert interrupt["returncode"] == 130, interrupt
     assert interrupt["stderr"].strip() == "interrupted"
+
+
+def test_sigterm_stops_like_ctrl_c_keeps_a_complete_checkpoint_and_exits_143(resume: dict[str, Any]) -> None:
+    terminate, run = resume["terminate"], resume["terminated"]
+    assert terminate["returncode"] == 143, terminate
+    assert terminate["stderr"].strip() == "terminated", terminate["stderr"]
+    assert "continue it with: forgeml train " in terminate["output"].splitlines()[-1], terminate["output"][-1000:]
+    assert f"--resume {run}" in terminate["output"].splitlines()[-1]
+    assert "model.safetensors" not in terminate["files"] and "manifest.json" not in terminate["files"]
+    kept, warnings = resume["terminated_kept"]
+    assert kept == f"step-{terminate['step']:06d}" and terminate["step"] >= CHECKPOINT_EVERY, (kept, terminate["step"])
+    assert warnings == [], "the newest checkpoint is complete"
+
+
+def test_resume_removes_what_killed_writes_left_and_ends_as_the_uninterrupted_run(resume: dict[str, Any]) -> None:
+    result, run = resume["resumed_result"], resume["killed"]
+    assert result.returncode == 0, describe(result)
+    removed = next((line for line in result.stdout.splitlines() if line.startswith("removed what interrupted writes left")), "")
+    assert removed.startswith(f"removed what interrupted writes left in {run}: "), result.stdout
+    named = removed.split(": ", 1)[1].split(", ")
+    assert set(resume["leftovers"]) <= set(named), named  # and whatever the SIGKILL itself interrupted
+    assert hidden_entries(run) == [USER_FILE], "every temporary file and folder is gone; the user's file is kept"
+    assert (run / USER_FILE).read_bytes() == b"mine"
+    assert_same_weights(run, resume["full"].path)  # test_resumed_run_equals_the_uninterrupted_run checks the rest
+
+
+def test_sigterm_stops_the_pipeline_s_training_the_same_way(resume: dict[str, Any]) -> None:
+    stopped, run = resume["pipeline"], resume["pipeline_run"]
+    assert stopped["returncode"] == 143, stopped
+    assert stopped["stderr"].strip() == "terminated", stopped["stderr"]
+    assert f"--resume {run}" in stopped["output"].splitlines()[-1], stopped["output"][-1000:]
+    assert stopped["checkpoints"] and "model.safetensors" not in stopped["files"]

@@ -162,9 +162,12 @@ def _train_as(
     echo = (lambda text: None) if quiet or not process.is_main else (lambda text: print(text, flush=True))
     per_rank_batch_size(cfg.train.batch_size, process.world_size)  # before anything is written
     resume_files = None
-    if resume is not None:  # every rank reads the checkpoint itself; nothing here writes
+    if resume is not None:  # every rank reads the checkpoint itself; only rank 0 removes what a killed write left
         run = RunDir.open(resume)
         _check_resumable(run.read_yaml("config.yaml"), resolved, run)
+        removed = run.remove_leftovers() if process.is_main else []
+        if removed:
+            echo(f"removed what interrupted writes left in {run.path}: {', '.join(removed)}")
         found = run.load_checkpoint(warn=lambda text: echo(f"warning: {text}"))
         if found is None:
             echo(f"{run.path}: no usable checkpoint; starting from the beginning")
