@@ -126,3 +126,37 @@ def make_tiny_causal_lm(directory: Path, context: int = 64) -> Path:
     )
     LlamaForCausalLM(config).save_pretrained(str(directory))
     return directory
+
+
+def diverged_copy(run: Path, out: Path) -> Path:
+    """A copy of a finished run whose weights hold a nan, as a run trained before forgeml stopped on
+    a non-finite loss could have them (its manifest is updated, so the copy loads)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from forgeml.run import RunDir
+
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("export", "export.json", "checkpoints"))
+    weights = load_file(str(out / "model.safetensors"))
+    name = next(n for n in sorted(weights) if weights[n].dtype.kind == "f")
+    weights[name] = weights[name].copy()
+    weights[name].flat[0] = np.nan
+    save_file(weights, str(out / "model.safetensors"))
+    RunDir(out).write_manifest(["model.safetensors"])
+    return out
+
+
+def line_config(**train: Any) -> dict[str, Any]:
+    """A linear regression on 60 points of y = 3x + 1 (an inline source), trained by full-batch SGD
+    for 40 steps, checkpointed every 4; ``train`` keys replace those. With lr 10 it diverges: on
+    standardised data each step multiplies the error by -19, and the loss overflows at step 16."""
+    x = np.linspace(-2, 2, 60)
+    data = {
+        "source": {"type": "inline", "columns": {"x": x.round(3).tolist(), "y": (3 * x + 1).round(3).tolist()}},
+        "features": [{"type": "number", "name": "x"}],
+        "target": {"type": "number", "name": "y"},
+        "split": {"validation": 0.2, "test": 0.2},
+    }
+    settings = {"optimizer": "sgd", "lr": 0.1, "batch_size": "full", "epochs": 40, "checkpoint_every": 4, **train}
+    return tiny_config(name="line", data=data, model={"type": "linear"}, train=settings)

@@ -91,6 +91,17 @@ def test_value_error_and_range_messages():
     assert config_error(with_section("train", grad_accum=0)) == "config: train.grad_accum: Input should be greater than or equal to 1 (got 0)"
 
 
+def test_a_learning_rate_that_can_only_diverge_is_refused():
+    usable = "is not a usable learning rate; give a finite number above 0 and at most 10 (e.g. 0.001)"
+    assert config_error(tiny_config(), ["train.lr=.inf"]) == f"config: train.lr: inf {usable}"
+    assert config_error(tiny_config(), ["train.lr=1e30"]) == f"config: train.lr: 1e+30 {usable}"  # a string to YAML, a number to pydantic
+    assert config_error(with_section("train", lr=10.5)) == f"config: train.lr: 10.5 {usable}"
+    assert config_error(with_section("train", lr=float("nan"))) == f"config: train.lr: nan {usable}"
+    assert config_error(with_section("train", lr=0)) == "config: train.lr: Input should be greater than 0 (got 0)"
+    assert load_config(tiny_config(), ["train.lr=10"]).train.lr == 10.0
+    assert config_error(tiny_config(), ["train.nonfinite=skip"]) == "config: train.nonfinite: 'skip' is not one of: stop, skip_step"
+
+
 def test_missing_required_section():
     config = tiny_config()
     config["data"] = {}

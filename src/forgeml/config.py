@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -143,6 +144,9 @@ class PrivacyConfig(Section):
         return self
 
 
+MAX_LR = 10.0  # the largest train.lr accepted: far above any rate that trains (SGD on standardised inputs diverges near 1)
+
+
 class TrainConfig(Section):
     """The training loop: optimisation, schedule, precision, evaluation and checkpoints."""
 
@@ -153,7 +157,7 @@ class TrainConfig(Section):
     )
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated into one optimizer step.")
     optimizer: Literal["sgd", "adam", "adamw"] = Field("adam", description="The optimizer.")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    lr: float = Field(1e-3, gt=0, le=MAX_LR, description="Peak learning rate (above 0, at most 10).")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD).")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam / AdamW betas.")
@@ -165,6 +169,12 @@ class TrainConfig(Section):
     min_lr: float = Field(0.0, ge=0, description="'cosine' schedule: learning rate at the last step.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing for classification.")
     grad_clip: Optional[float] = Field(None, gt=0, description="Clip the global gradient norm to this value.")
+    nonfinite: Literal["stop", "skip_step"] = Field(
+        "stop",
+        description="A step whose loss is nan or inf: stop training with an error (the checkpoints before it are kept), "
+        "or skip_step: leave the weights as they are, count it (nonfinite_steps in history and metrics.json) and go on.",
+    )
+    max_nonfinite_steps: int = Field(10, ge=1, description="skip_step: stop with an error after this many non-finite losses in a row.")
     monitor: str = Field("loss", description="Validation metric used for best weights and early stopping (loss, accuracy, f1_macro, mse, ...).")
     keep_best: bool = Field(True, description="Finish with the weights that scored best on `monitor` (needs a validation split).")
     early_stopping: Optional[EarlyStopping] = Field(None, description="Stop when `monitor` stops improving; null: never.")
@@ -185,6 +195,18 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(512, ge=1, description="Batch size for evaluation and prediction.")
     adversarial: Optional[AdversarialTraining] = Field(None, description="Adversarial training (classification); null: clean examples only.")
     privacy: Optional[PrivacyConfig] = Field(None, description="Differentially private training (DP-SGD); null: ordinary training.")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _check_lr(cls, value: Any) -> Any:
+        # inf, nan or 1e30 is a float like any other, but sends every weight to nan at the first step
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return value  # not a number: the type check says so
+        if not math.isfinite(number) or number > MAX_LR:
+            raise ValueError(f"{number:g} is not a usable learning rate; give a finite number above 0 and at most {MAX_LR:g} (e.g. 0.001)")
+        return value
 
     @field_validator("device")
     @classmethod

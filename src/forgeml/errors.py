@@ -36,3 +36,11 @@ class ExportError(ForgeError):
 
 class BundleError(ForgeError):
     """An export bundle is missing, incomplete or corrupt, or cannot run here."""
+
+
+class TrainingError(ForgeError):
+    """Training cannot go on: the loss became nan or inf (the learning rate is too high, or the data holds extreme values)."""
+
+
+class PredictionError(ForgeError):
+    """The model's outputs are not finite numbers (nan or inf), so they cannot be predictions."""

@@ -6,8 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import diverged_copy, line_config
 
-from .support import TrainedRun, assert_user_error, describe, forge, in_parallel, make_csv_dataset, tiny_config, write_yaml
+from .support import EXAMPLES, TrainedRun, assert_user_error, describe, forge, in_parallel, json_lines, make_csv_dataset, tiny_config, write_yaml
+
+
+SEVEN = EXAMPLES / "data" / "digits" / "seven.png"
 
 
 def csv_config(csv: Path) -> dict[str, Any]:
@@ -56,6 +60,8 @@ def errors(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> 
     (not_a_run / "notes.txt").write_text("nothing to see\n")
     cases["not_a_run"] = not_a_run
     cases["missing_image"] = root / "no_such_digit.png"
+    cases["diverging"] = write_yaml(root / "diverging.yaml", line_config(lr=10))
+    cases["diverged_run"] = diverged_copy(digits_run.path, root / "diverged_run")
 
     def out(name: str) -> Path:
         return root / f"{name}_run"
@@ -69,6 +75,8 @@ def errors(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> 
             "bad_row": lambda: forge("train", cases["bad_row"], "--out", out("bad_row")),
             "not_a_run": lambda: forge("evaluate", not_a_run),
             "missing_image": lambda: forge("predict", digits_run.path, cases["missing_image"]),
+            "diverging": lambda: forge("train", cases["diverging"], "--out", out("diverging")),
+            "diverged_predict": lambda: forge("predict", cases["diverged_run"], SEVEN),
             "debug": lambda: forge("--debug", "train", cases["missing_config"], "--out", out("debug")),
         }
     )
@@ -108,6 +116,20 @@ def test_evaluate_on_a_directory_that_is_not_a_run(errors: dict[str, Any]) -> No
 
 def test_predict_with_a_missing_image(errors: dict[str, Any]) -> None:
     assert_user_error(errors["results"]["missing_image"], str(errors["missing_image"]), "no such image file")
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoints(errors: dict[str, Any]) -> None:
+    result = errors["results"]["diverging"]
+    assert_user_error(result, "step 16: the loss is inf at lr 10; training stopped; lower train.lr")
+    run = errors["out"]("diverging")
+    assert f"the run keeps its checkpoints from before the loss diverged (the newest: {run / 'checkpoints' / 'step-000012'})" in result.stdout.splitlines()
+    assert "--resume" not in result.stdout  # resumed as it is, it would diverge at step 16 again
+
+
+def test_predict_refuses_nan_outputs_instead_of_printing_invalid_json(errors: dict[str, Any]) -> None:
+    result = errors["results"]["diverged_predict"]
+    assert_user_error(result, "the model outputs nan or inf for 1 of 1 inputs (the first: input 1)", "lower train.lr")
+    assert json_lines(result.stdout) == []
 
 
 def test_debug_shows_the_traceback(errors: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import run_cli, tiny_config, write_reviews
+from helpers import diverged_copy, run_cli, tiny_config, write_reviews
 from onnx import numpy_helper
 
 import forgeml
@@ -193,6 +193,19 @@ def test_a_parity_failure_is_an_error_and_leaves_no_bundle(cnn: Path, tmp_path: 
     with pytest.raises(ExportError, match="int8 quantisation lost more accuracy than the tolerance -1.0.*nothing was written"):
         export(cnn, quantize="int8", tolerance=-1.0, out=tmp_path / "bundle", repeats=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.onnx"]
+
+
+def test_weights_that_hold_a_nan_fail_parity_and_leave_no_bundle(table: Path, tmp_path: Path):
+    # every comparison with nan is false: "max |diff| nan" used to pass as verified
+    run = diverged_copy(table, tmp_path / "diverged")
+    with pytest.raises(ExportError) as error:
+        export(run, repeats=1)
+    assert str(error.value) == (
+        "ONNX parity failed: torch's outputs hold nan or inf on 113 of 113 test examples: "
+        "the weights are unusable (train the model again, e.g. with a lower train.lr); nothing was written"
+    )
+    assert not (run / "export").exists() and not (run / "export.json").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith(".export")]
 
 
 def test_what_cannot_be_exported_is_refused(cnn: Path, tmp_path: Path):

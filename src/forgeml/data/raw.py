@@ -16,7 +16,7 @@ import numpy as np
 
 from forgeml.data.sources import IMAGE_SUFFIXES, read_csv, read_jsonl, read_parquet
 from forgeml.data.table import Table
-from forgeml.errors import DataError
+from forgeml.errors import DataError, PredictionError
 
 # How a refused image path in a data file says what to do (see Table.confine).
 ALLOW_OUTSIDE = "pass --allow-outside (allow_outside=True in Python) to read it"
@@ -33,15 +33,32 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def decode(features: Any, outputs: np.ndarray, temperature: float = 1.0) -> list[dict[str, Any]]:
     """Readable predictions of raw model outputs: ``{"label", "probabilities"}`` per row for a
     classifier (probabilities calibrated by ``temperature``), ``{"value"}`` in the target's units
-    for a regressor."""
+    for a regressor.
+
+    Raises:
+        PredictionError: an output is nan or inf; no prediction is made rather than one that is not a
+            number (which JSON cannot hold either).
+    """
     if features.task == "classification":
+        _check_finite(outputs)
         names = features.label_names
         return [
             {"label": names[int(row.argmax())], "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)}}
             for row in softmax(outputs, temperature)
         ]
     values = features.decode_regression(np.asarray(outputs))
+    _check_finite(values)
     return [{"value": float(v)} for v in values]
+
+
+def _check_finite(outputs: np.ndarray) -> None:
+    finite = np.isfinite(np.asarray(outputs))
+    bad = np.flatnonzero(~finite.all(axis=tuple(range(1, finite.ndim))))
+    if len(bad):
+        raise PredictionError(
+            f"the model outputs nan or inf for {len(bad)} of {len(finite)} inputs (the first: input {int(bad[0]) + 1}), which are no predictions: "
+            "its weights are unusable (train it again, e.g. with a lower train.lr) or those inputs lie far outside the training data"
+        )
 
 
 def to_table(features: Any, inputs: Any, allow_outside: bool = False) -> Table:

@@ -42,6 +42,7 @@ RESULT = "export.json"
 BUNDLE = "export"
 OPSET = 18
 PARITY = 1e-4
+TORCH = "torch's"  # the reference every runtime is compared against, as check_finite names it
 CALIBRATION_ROWS = 256
 RECURRENT = ("rnn", "attention")  # on token ids they pack sequences, which torch.export cannot trace so far
 
@@ -118,15 +119,17 @@ def run(
     bundle.parent.mkdir(parents=True, exist_ok=True)
     work = staging_dir(bundle.parent, bundle.name)
     try:
-        _export(model, inputs[: min(4, len(inputs))], work / "model.onnx", tokens, predictor.config.model.type)
         reference = _torch_outputs(model, inputs)
+        check_finite(TORCH, reference)  # before the export: nothing can match weights that diverged
+        _export(model, inputs[: min(4, len(inputs))], work / "model.onnx", tokens, predictor.config.model.type)
         result = ExportResult(str(bundle), "onnx", OPSET, quantize, None, threads=threads, test_rows=int(len(inputs)))
         torch_row = _row("torch fp32", reference, reference, targets, predictor, None, _torch_latency(model, inputs, threads, repeats))
         fp32 = _outputs(work / "model.onnx", inputs, threads)
+        check_finite("ONNX Runtime's", fp32)
         fp32_row = _row("onnxruntime fp32", fp32, reference, targets, predictor, work / "model.onnx", _ort_latency(work / "model.onnx", inputs, threads, repeats))
         result.rows = [torch_row, fp32_row]
         largest = max(1.0, float(np.abs(reference).max()))
-        if fp32_row["max_abs_diff"] > PARITY * largest:
+        if not fp32_row["max_abs_diff"] <= PARITY * largest:
             raise ExportError(
                 f"ONNX parity failed: the fp32 model's outputs differ from torch's by {fp32_row['max_abs_diff']:.3g} "
                 f"(allowed {PARITY * largest:.3g}, 1e-4 of the largest output); nothing was written"
@@ -279,6 +282,19 @@ def _outputs(path: Path, inputs: torch.Tensor, threads: int, batch: int = 256) -
 def _torch_outputs(model: torch.nn.Module, inputs: torch.Tensor, batch: int = 256) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([model(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]).numpy()
+
+
+def check_finite(runtime: str, outputs: np.ndarray, what: str = "test examples") -> None:
+    """Parity means nothing over nan or inf (every comparison with nan is false): such outputs fail it.
+
+    Raises:
+        ExportError: an output is nan or inf.
+    """
+    finite = np.isfinite(outputs)
+    if not finite.all():
+        rows = int((~finite.reshape(len(finite), -1).all(axis=1)).sum())
+        why = "the weights are unusable (train the model again, e.g. with a lower train.lr)" if runtime == TORCH else "torch's are finite"
+        raise ExportError(f"ONNX parity failed: {runtime} outputs hold nan or inf on {rows} of {len(finite)} {what}: {why}; nothing was written")
 
 
 def _row(name: str, outputs: np.ndarray, reference: np.ndarray, targets: torch.Tensor, predictor: Predictor, path: Optional[Path], latency: dict[str, float]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from forgeml.errors import ExportError
+from forgeml.export import TORCH, check_finite
 from forgeml.models.gpt import GPT, ConcatCache
 
 WINDOWS = 16  # held-out windows the parity check reads
@@ -107,6 +108,7 @@ def _verify(predictor: Any, model: GPT, path: Path, shape: dict[str, int], threa
         ids = window[None].numpy()
         with torch.no_grad():
             reference = model(window[None]).numpy()
+        check_finite(TORCH, reference[0], "positions of a test window")
         largest = max(largest, float(np.abs(reference).max()))
         whole = session.run(None, {"ids": ids, "past_keys": empty, "past_values": empty})[0]
         whole_diff = max(whole_diff, float(np.abs(whole - reference).max()))
@@ -116,9 +118,10 @@ def _verify(predictor: Any, model: GPT, path: Path, shape: dict[str, int], threa
         for position in range(half, ids.shape[1]):
             logits, keys, values = session.run(None, {"ids": ids[:, position : position + 1], "past_keys": keys, "past_values": values})
             steps.append(logits[0])
+        check_finite("ONNX Runtime's", np.concatenate([whole[0], *steps]), "positions of a test window, whole and cached")
         cached_diff = max(cached_diff, float(np.abs(np.concatenate(steps) - reference[0]).max()))
     allowed = 1e-4 * largest
-    if max(whole_diff, cached_diff) > allowed:
+    if not max(whole_diff, cached_diff) <= allowed:
         raise ExportError(
             f"ONNX parity failed: the language model's logits differ from torch's by {max(whole_diff, cached_diff):.3g} "
             f"({'cached decode' if cached_diff > whole_diff else 'whole windows'}; allowed {allowed:.3g}); nothing was written"

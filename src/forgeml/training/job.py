@@ -29,13 +29,13 @@ from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches, PoissonBatches
 from forgeml.data.corpus import EVALUATION_WINDOWS, TOKENS_DIR, Corpus, WindowBatches, evaluation_windows
 from forgeml.data.dataset import SPLITS, load_dataset
-from forgeml.errors import ConfigError, RunDirError
+from forgeml.errors import ConfigError, RunDirError, TrainingError
 from forgeml.metrics import persistence_scores
 from forgeml.inputs import InputSpec
 from forgeml.models.gpt import GPTConfig, flops_per_token, num_parameters
 from forgeml.pretrained import BASE_MODEL, identity
 from forgeml.registry import MODELS, SOURCES
-from forgeml.run import RunDir
+from forgeml.run import CHECKPOINTS, RunDir
 from forgeml.training import distributed
 from forgeml.training.callbacks import Progress
 from forgeml.training.checkpoint import state_dict_tensors
@@ -114,7 +114,8 @@ def train(
         The run directory and the final metrics per split.
 
     Raises:
-        ForgeError: a bad config, unreadable data, or a run directory that cannot be used.
+        ForgeError: a bad config, unreadable data, or a run directory that cannot be used; TrainingError when
+            the loss becomes nan or inf (the run keeps its checkpoints from before).
     """
     cfg = load_config(config, overrides)
     resolved = config_to_dict(cfg)
@@ -190,11 +191,13 @@ def _train_as(
         run.write_bytes("config.yaml", dump_config(cfg).encode())
     try:
         return _train_in(run, cfg, process, resume_files, echo, live_progress, quiet, command)
-    except BaseException:
+    except BaseException as exc:
         if not process.is_main:  # the run directory is rank 0's to keep or remove
             raise
         if resume is None and not run.checkpoint_names():
             shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
+        elif run.checkpoint_names() and isinstance(exc, TrainingError):  # resumed as it is, it would diverge again at the same step
+            echo(f"the run keeps its checkpoints from before the loss diverged (the newest: {run.path / CHECKPOINTS / run.checkpoint_names()[0]})")
         elif run.checkpoint_names():
             echo(f"training stopped; continue it with: forgeml train {config if isinstance(config, (str, Path)) else 'CONFIG'} --resume {run.path}")
         raise
@@ -407,6 +410,7 @@ def _privacy(cfg: Any, data: Prepared, process: distributed.DistInfo) -> Privacy
         (cfg.train.grad_accum > 1, "train.grad_accum > 1"),
         (cfg.train.grad_clip is not None, "train.grad_clip (DP-SGD clips each example's gradient to max_grad_norm instead)"),
         (cfg.train.adversarial is not None, "train.adversarial"),
+        (cfg.train.nonfinite == "skip_step", "train.nonfinite: skip_step (which steps it skips depends on the examples in them)"),
     ]
     for applies, what in refused:
         if applies:
@@ -519,6 +523,7 @@ def _train_in(
             "device": str(device),
             "processes": process.world_size,
             "skipped_rows": data.skipped_rows,
+            "nonfinite_steps": result.state.nonfinite_steps,
         },
         "environment": {
             "python": platform.python_version(),

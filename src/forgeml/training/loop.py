@@ -3,6 +3,7 @@
     for each optimizer step:
         set the learning rate from the schedule
         forward / backward over grad_accum micro-batches (augmented, or adversarial, when asked; under autocast when asked)
+        a nan or inf loss: stop, or skip the step (train.nonfinite)
         clip, step, zero the gradients
         log; evaluate on validation; keep the best weights; stop early; checkpoint
 
@@ -38,7 +39,7 @@ from forgeml.adversarial import Adversary
 from forgeml.config import TrainConfig
 from forgeml.data.augment import Augmenter
 from forgeml.data.batches import InMemoryBatches
-from forgeml.errors import ConfigError
+from forgeml.errors import ConfigError, TrainingError
 from forgeml.metrics import lower_is_better, score
 from forgeml.training import checkpoint, distributed
 from forgeml.training.callbacks import Progress
@@ -160,7 +161,9 @@ def task_metrics(
 
 
 def improves(value: float, best: float | None, lower_better: bool, min_delta: float = 0.0) -> bool:
-    """Whether a monitored value beats the best so far by more than ``min_delta``."""
+    """Whether a monitored value beats the best so far by more than ``min_delta`` (nan and inf never do)."""
+    if not math.isfinite(value):
+        return False
     if best is None:
         return True
     return value < best - min_delta if lower_better else value > best + min_delta
@@ -183,6 +186,25 @@ class LoopState:
     loss_since_log: float = 0.0
     steps_since_log: int = 0
     samples_since_log: int = 0
+    nonfinite_steps: int = 0  # steps skipped for a nan or inf loss (train.nonfinite: skip_step)
+    nonfinite_in_a_row: int = 0
+
+
+def nonfinite_loss(loss: float, lr: float, cfg: TrainConfig, state: LoopState) -> str | None:
+    """Count a step whose loss is nan or inf; the reason to stop training, or None to skip the step.
+
+    Only the loss is looked at: under fp16 the GradScaler skips the steps whose *gradients* overflow
+    (and lowers its scale) on its own, and those are not counted here. A non-finite loss is an
+    overflow of the forward pass, which no loss scale mends.
+    """
+    state.nonfinite_steps += 1
+    state.nonfinite_in_a_row += 1
+    where = f"step {state.step + 1}: the loss is {loss} at lr {lr:g}"
+    if cfg.nonfinite == "stop":
+        return f"{where}; training stopped; lower train.lr"
+    if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps:
+        return f"{where}, {state.nonfinite_in_a_row} such steps in a row (train.max_nonfinite_steps); training stopped; lower train.lr"
+    return None
 
 
 @dataclass
@@ -234,6 +256,10 @@ def fit(
 
     Returns:
         The final loop state; the model holds the final (or best, with keep_best) weights.
+
+    Raises:
+        TrainingError: a step's loss is nan or inf (train.nonfinite: stop), or was so for
+            train.max_nonfinite_steps steps in a row (skip_step).
     """
     check_precision(device, cfg.precision)
     if cfg.monitor != "loss" and validation is not None:
@@ -355,6 +381,7 @@ def fit(
             lr = lr_at(state.step, cfg, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            step_loss = torch.zeros((), dtype=torch.float32, device=device)
             for index, (inputs, targets) in enumerate(micro):
                 if augment is not None:
                     inputs, targets = augment(inputs, targets)
@@ -375,18 +402,30 @@ def fit(
                     if len(micro) > 1:  # a mean over the accumulated micro-batches
                         loss = loss / len(micro)
                     scaler.scale(loss).backward()
-                running_loss += loss.detach()  # summed on the device: no CPU-GPU sync per step
+                step_loss += loss.detach()
                 state.samples_since_log += inputs.shape[0] * world
                 state.samples += inputs.shape[0] * world
-            if cfg.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            # the one CPU-GPU sync per step (and, over several processes, an all-reduce, so that every
+            # rank decides alike): weights must never take a step from a nan or inf loss
+            loss_value = distributed.all_reduce_mean(step_loss).item()
+            if math.isfinite(loss_value):
+                state.nonfinite_in_a_row = 0
+                running_loss += step_loss
+                state.steps_since_log += 1  # the logged loss is the mean over the steps taken
+                if cfg.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:  # nothing is stepped or checkpointed from it: the checkpoints and best weights so far stay finite
+                stop = nonfinite_loss(loss_value, lr, cfg, state)
+                if stop is not None:
+                    if progress is not None:
+                        progress.stop()
+                    raise TrainingError(stop)
             optimizer.zero_grad(set_to_none=True)
             micro = []
             state.step += 1
-            state.steps_since_log += 1
             if epoch_done:
                 state.epoch += 1
                 state.batch_in_epoch = 0
@@ -395,13 +434,17 @@ def fit(
             # -- log the training loss
             if state.step % cfg.log_every == 0 or final:
                 now = time.perf_counter()
-                # the one sync point per log interval (and the one all-reduce: the mean over ranks)
-                mean_loss = distributed.all_reduce_mean(running_loss).item() / state.steps_since_log
+                # the mean over ranks of the loss summed on each since the last line
+                mean_loss = distributed.all_reduce_mean(running_loss).item() / max(state.steps_since_log, 1)
                 rate = state.samples_since_log / max(now - last_log_time, 1e-9)
                 if log is not None:
                     record = {"step": state.step, "epoch": state.epoch, "split": "train", "loss": mean_loss, "lr": lr, "examples_per_s": rate}
+                    if cfg.nonfinite == "skip_step":
+                        record["nonfinite_steps"] = state.nonfinite_steps
+                    if state.steps_since_log == 0:  # every step since the last line was skipped: no loss to show
+                        del record["loss"]
                     log(record | ({"epsilon": privacy.epsilon(state.step)} if privacy is not None else {}))
-                if progress is not None:
+                if progress is not None and state.steps_since_log:
                     progress.update(state.step, epoch=max(1, state.epoch + (state.batch_in_epoch > 0)), loss=mean_loss, rate=rate)
                 running_loss.zero_()
                 state.steps_since_log, state.samples_since_log = 0, 0
