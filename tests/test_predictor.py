@@ -131,7 +131,7 @@ def test_the_final_weights_are_the_best_checkpointed_weights(image_run: Trained)
 
 def test_run_directory_contents(image_run: Trained):
     names = sorted(p.name for p in image_run.run_dir.iterdir())
-    assert names == ["checkpoints", "config.yaml", "features.json", "history.jsonl", "manifest.json", "metrics.json", "model.safetensors"]
+    assert names == [".lock", "checkpoints", "config.yaml", "features.json", "history.jsonl", "manifest.json", "metrics.json", "model.safetensors"]
     assert sorted(json.loads((image_run.run_dir / "manifest.json").read_text())["files"]) == [
         "config.yaml", "features.json", "history.jsonl", "metrics.json", "model.safetensors",
     ]  # fmt: skip

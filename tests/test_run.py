@@ -27,7 +27,7 @@ def files_in(directory: Path) -> list[str]:
 def make_run(path: Path) -> RunDir:
     """A minimal run directory: the files every finished run holds, and its manifest."""
     run = RunDir.create(path)
-    run.write_yaml("config.yaml", {"name": "x"})
+    run.write_yaml("config.yaml", {"name": "x", "data": {"source": "digits"}, "model": {"type": "mlp"}})
     run.write_json("features.json", {"version": 1})
     run.write_bytes("model.safetensors", b"weights")
     run.write_json("metrics.json", {"test": {"accuracy": 0.5}})

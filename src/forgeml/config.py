@@ -309,6 +309,15 @@ class ConfigBase(Section):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs are written.")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="What forgeml pipeline runs after training, and how.")
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        # the run directory is output.dir/name, which --overwrite may replace: a name with a separator
+        # or ".." would put it, and what --overwrite deletes, outside output.dir
+        if not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value or value.startswith("."):
+            raise ValueError(f"{value!r} is not a run name; give one folder name without / or \\ that does not start with '.' (e.g. mnist_cnn)")
+        return value
+
 
 def _union(configs: list[type[BaseModel]]) -> Any:
     members = tuple(configs)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from forgeml import locks
 from forgeml.config import config_to_dict, load_config
 from forgeml.errors import ForgeError, RunDirError
-from forgeml.run import RunDir
+from forgeml.run import RunDir, check_replaceable
 
 RECORD = "pipeline.json"
 LANGUAGE_MODELLING = "language_modelling"
@@ -99,19 +100,22 @@ def run(
     cfg = load_config(config, overrides)
     task = task_of(cfg)
     stages = stages_for(cfg, task)
-    path = Path(out) if out is not None else Path(cfg.output.dir) / cfg.name
+    from forgeml.training.job import run_path
+
+    path = run_path(cfg, out)
     result = PipelineResult(path)
-    for index, name in enumerate(stages, 1):
-        started = time.perf_counter()
-        label = f"[{index}/{len(stages)}] {name}"
-        if name == "train":
-            outcome = _train(cfg, path, overwrite, echo, label, quiet_training, command)
-        else:
-            outcome = _stage(name, cfg, RunDir.open(path), echo, status, label)
-        outcome.seconds = round(time.perf_counter() - started, 2)
-        result.stages.append(outcome)
-        verb = "up to date, skipped" if outcome.status == "skipped" else f"done in {outcome.seconds:.1f}s"
-        echo(f"{label}: {verb}" + (f"; {outcome.summary}" if outcome.summary else ""))
+    with locks.writing(path, command, create=True):  # one writer from training to the report: no other command mixes in
+        for index, name in enumerate(stages, 1):
+            started = time.perf_counter()
+            label = f"[{index}/{len(stages)}] {name}"
+            if name == "train":
+                outcome = _train(cfg, path, overwrite, echo, label, quiet_training, command)
+            else:
+                outcome = _stage(name, cfg, RunDir.open(path), echo, status, label)
+            outcome.seconds = round(time.perf_counter() - started, 2)
+            result.stages.append(outcome)
+            verb = "up to date, skipped" if outcome.status == "skipped" else f"done in {outcome.seconds:.1f}s"
+            echo(f"{label}: {verb}" + (f"; {outcome.summary}" if outcome.summary else ""))
     return result
 
 
@@ -129,7 +133,8 @@ def _train(cfg: Any, path: Path, overwrite: bool, echo: Callable[[str], None], l
     resolved = _comparable(config_to_dict(cfg))
     if (path / "config.yaml").is_file() and not overwrite:
         run = RunDir.open(path)
-        saved = _comparable(run.read_yaml("config.yaml"))
+        saved = run.read_yaml("config.yaml")
+        saved = _comparable(saved) if isinstance(saved, dict) else {}
         same = saved == resolved
         if same and _finished(run):
             run.remove_leftovers()  # what a killed stage's write left; the stages after training write here again
@@ -141,6 +146,7 @@ def _train(cfg: Any, path: Path, overwrite: bool, echo: Callable[[str], None], l
         if same:  # the same run stopped before its first checkpoint: nothing in it to keep
             overwrite = True
         else:
+            check_replaceable(path)  # not a run, or one holding the user's files: --overwrite would be refused too
             before, now = flatten(saved), flatten(resolved)
             changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
             raise RunDirError(

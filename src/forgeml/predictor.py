@@ -22,6 +22,7 @@ from forgeml.data import raw
 from forgeml.data.dataset import load_dataset
 from forgeml.data.features import Features
 from forgeml.data.table import Table
+from forgeml import locks
 from forgeml.errors import DataError, RunDirError
 from forgeml.models.generation import generate
 from forgeml.models.hf import is_adapted, merge
@@ -289,8 +290,14 @@ def load(run_dir: str | Path, device: str = "cpu") -> Predictor:
         device: where to run the model ("cpu", "cuda", "auto", ...).
 
     Raises:
-        RunDirError: the directory is not a run, is unfinished, or a file is missing or corrupt.
+        RunDirError: the directory is not a run, is unfinished, or a file is missing or corrupt, or
+            a command is writing it.
     """
+    with locks.reading(run_dir):  # a consistent snapshot: no writer replaces a file while the run is read
+        return _load(run_dir, device)
+
+
+def _load(run_dir: str | Path, device: str) -> Predictor:
     run = RunDir.open(run_dir)
     run.verify(RUN_FILES)
     config = validate_config(run.read_yaml("config.yaml"), origin=str(run / "config.yaml"))

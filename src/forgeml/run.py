@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -21,12 +22,14 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from forgeml import locks
 from forgeml.errors import RunDirError
 from forgeml.files import atomic_write, remove_leftovers, replace_dir, sha256_file, staging_dir
 
 MANIFEST = "manifest.json"
 HISTORY = "history.jsonl"
 CHECKPOINTS = "checkpoints"
+LOCK = locks.LOCK
 LATEST = "latest"
 # What every finished run holds, as training writes it; forgeml.load reads the first three.
 REQUIRED_FILES = ("config.yaml", "features.json", "model.safetensors", "metrics.json")
@@ -53,21 +56,54 @@ class RunDir:
 
     @classmethod
     def create(cls, path: str | Path, overwrite: bool = False) -> "RunDir":
-        """A new, empty run directory. An existing non-empty one is an error unless ``overwrite``."""
+        """A new, empty run directory. An existing non-empty one is an error unless ``overwrite``.
+
+        ``overwrite`` replaces only a forgeml run that holds nothing but its own files: the old run
+        is renamed aside at once (``.NAME.replaced`` beside it) and the new one starts empty; the
+        caller removes the old one with ``drop_replaced`` when the new one is complete, or puts it
+        back with ``restore_replaced``. The caller holds the run's write lock (``locks.writing``),
+        which moves to the new directory.
+        """
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
+        replaced = None
+        if path.is_dir() and any(entry.name != LOCK for entry in path.iterdir()):
             if not overwrite:
                 raise RunDirError(
                     f"{path}: the run directory already exists; continue it with --resume {path}, "
                     f"replace it with --overwrite, or choose another with --out"
                 )
-            if not (path / "config.yaml").exists():
-                raise RunDirError(f"{path}: not a forgeml run directory; refusing to overwrite it")
-            shutil.rmtree(path)
+            check_replaceable(path)
+            replaced = path.parent / f".{path.name}.replaced"
+            if replaced.exists():  # the aside of an earlier replacement that never finished
+                check_replaceable(replaced)
+                shutil.rmtree(replaced)
+            os.replace(path, replaced)
+            locks.moved(path, replaced)
         path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
+        if replaced is not None:
+            locks.relock(replaced, path)
+        run = cls(path)
+        run.replaced = replaced
+        return run
+
+    replaced: Path | None = None  # the run this one replaces, renamed aside until this one is complete
+
+    def drop_replaced(self) -> None:
+        """Remove the run this one replaced (it held only its own files: ``create`` checked)."""
+        if self.replaced is not None and self.replaced.is_dir():
+            shutil.rmtree(self.replaced)
+        self.replaced = None
+
+    def restore_replaced(self) -> None:
+        """Put the replaced run back in place of this one, which is removed (nothing of it is kept)."""
+        if self.replaced is None or not self.replaced.is_dir():
+            return
+        shutil.rmtree(self.path)
+        os.replace(self.replaced, self.path)
+        locks.relock(self.path, self.path)  # the lock file in place now is the old run's
+        self.replaced = None
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
@@ -281,3 +317,43 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, bytes]]:
             return f"{filename}: sha256 mismatch, the file is truncated or corrupt", {}
         files[filename] = data
     return None, files
+
+
+# What forgeml writes at the top of a run besides the files its manifest lists: what an unfinished
+# run holds before its manifest exists, and the folders of the stages
+RUN_FILES = {
+    "config.yaml", "features.json", "tokenizer.json", "base_model.json", "model.safetensors", "metrics.json",
+    MANIFEST, HISTORY, LOCK, "pipeline.json", "report.html", "report.json",
+}
+RUN_FOLDERS = {CHECKPOINTS, "export", "explanations", "tokens", ".tokens.tmp"}  # tokens: a language model's encoded corpus
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}(\.tmp)?")  # files.atomic_write's and staging_dir's names
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise RunDirError unless ``path`` is a forgeml run (its config.yaml and, once written, its
+    manifest parse and describe a run) holding nothing but what forgeml wrote there: --overwrite
+    must never delete a file forgeml did not write."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        config = None
+    if not isinstance(config, dict) or not {"data", "model"} <= set(config):
+        raise RunDirError(f"{path}: not a forgeml run directory; refusing to overwrite it")
+    listed: set[str] = set()
+    if (path / MANIFEST).exists():
+        try:
+            files = json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("files")
+        except (OSError, ValueError, AttributeError):
+            files = None
+        if not isinstance(files, dict):
+            raise RunDirError(f"{path}: its manifest.json does not describe a run; refusing to overwrite it")
+        listed = set(files)
+    foreign = sorted(
+        entry.name + ("/" if entry.is_dir() else "")
+        for entry in path.iterdir()
+        if not (entry.name in listed or entry.name in RUN_FILES or _TEMPORARY.fullmatch(entry.name)
+                or (entry.name in RUN_FOLDERS and entry.is_dir() and not entry.is_symlink()))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunDirError(f"{path}: holds files that are not part of the run ({shown}); refusing to overwrite it (move them out, or choose another --out)")

@@ -75,6 +75,20 @@ def in_parallel(jobs: dict[str, Callable[[], Any]]) -> dict[str, Any]:
         return {name: future.result() for name, future in futures.items()}
 
 
+def in_order(jobs: dict[str, Callable[[], Any]]) -> Callable[[], dict[str, Any]]:
+    """One job of ``in_parallel`` that runs ``jobs`` one after the other: the calls that write to the
+    same run directory, which holds one writer at a time (the second would be refused)."""
+    return lambda: {name: job() for name, job in jobs.items()}
+
+
+def in_parallel_groups(*groups: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Each group's jobs in order, the groups side by side; all the results by name."""
+    results: dict[str, Any] = {}
+    for group in in_parallel({str(i): in_order(group) for i, group in enumerate(groups)}).values():
+        results |= group
+    return results
+
+
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -50,11 +50,14 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
     line = root / "line_run"
     before = {name: sha256(digits_run.path / name) for name in ("model.safetensors", "metrics.json", "features.json")}
 
-    def evaluations() -> dict[str, Any]:  # one after another: each evaluate writes evaluate.json into the run
+    def evaluations() -> dict[str, Any]:  # one after another: each evaluate writes into the run, which a predict reads
         return {
             "table": forge("evaluate", digits_run.path),
             "json": forge("evaluate", digits_run.path, "--json"),
             "validation": forge("evaluate", digits_run.path, "--split", "validation", "--json"),
+            "predict": forge("predict", digits_run.path, *images),
+            "refused": forge("predict", digits_run.path, outside),
+            "allowed": forge("predict", digits_run.path, outside, "--allow-outside"),
         }
 
     one_row = root / "one_row.csv"
@@ -75,19 +78,8 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
             "evaluate_test": forge("evaluate", line),
         }
 
-    results = in_parallel(
-        {
-            "evaluations": evaluations,
-            "predict": lambda: forge("predict", digits_run.path, *images),
-            "regression": regression,
-            "refused": lambda: forge("predict", digits_run.path, outside),
-            "allowed": lambda: forge("predict", digits_run.path, outside, "--allow-outside"),
-        }
-    )
-    return {
-        "images": images, "line": line, "before": before, "outside": outside, **results["evaluations"],
-        **{name: results[name] for name in ("predict", "regression", "refused", "allowed")},
-    }
+    results = in_parallel({"evaluations": evaluations, "regression": regression})
+    return {"images": images, "line": line, "before": before, "outside": outside, **results["evaluations"], "regression": results["regression"]}
 
 
 # --------------------------------------------------------------------------------------------------

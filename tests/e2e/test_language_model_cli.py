@@ -53,13 +53,13 @@ def lm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "greedy": lambda: forge("generate", run, "--prompt", prompt, "--temperature", "0", "--max-new-tokens", "30"),
             "seeded": lambda: forge("generate", run, "--prompt", prompt, "--seed", "7", "--max-new-tokens", "30"),
             "seeded_again": lambda: forge("generate", run, "--prompt", prompt, "--seed", "7", "--max-new-tokens", "30"),
-            "evaluate": lambda: forge("evaluate", run, "--json"),
             "classify": lambda: forge("predict", run, corpus),
         }
     )
-    # resume the 80-step run to 160 steps: it must end where the straight 160-step run ended
-    resumed = forge("train", full_config, "--resume", short)
-    return {"root": root, "run": run, "short": short, "prompt": prompt, **trained, **calls, "resumed": resumed}
+    # evaluate writes into the run the calls above read, so it comes after them; beside it, the 80-step
+    # run resumed to 160 steps, which must end where the straight 160-step run ended
+    calls |= in_parallel({"evaluate": lambda: forge("evaluate", run, "--json"), "resumed": lambda: forge("train", full_config, "--resume", short)})
+    return {"root": root, "run": run, "short": short, "prompt": prompt, **trained, **calls}
 
 
 def test_the_run_keeps_its_token_files_and_scores_perplexity(lm: dict[str, Any]):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import forgeml
 from helpers import TINY_LM_TEXT, make_tiny_causal_lm
 
-from .support import assert_user_error, describe, forge, in_parallel, json_lines, read_json, write_yaml
+from .support import assert_user_error, describe, forge, in_parallel, in_parallel_groups, json_lines, read_json, write_yaml
 from helpers import write_reviews  # tests/ is on sys.path (pyproject)
 
 
@@ -109,12 +109,12 @@ def causal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     full, short = write_yaml(root / "full.yaml", causal_config(model_dir, corpus, 8)), write_yaml(root / "short.yaml", causal_config(model_dir, corpus, 4))
     run, short_run = root / "run", root / "short"
     trained = in_parallel({"train": lambda: forge("train", full, "--out", run), "short": lambda: forge("train", short, "--out", short_run)})
-    calls = in_parallel(
-        {
+    calls = in_parallel_groups(
+        {  # evaluate writes into the run generate reads: one after the other
             "generate": lambda: forge("generate", run, "--prompt", "the cat", "--temperature", "0", "--max-new-tokens", "12"),
             "evaluate": lambda: forge("evaluate", run, "--json"),
-            "resumed": lambda: forge("train", full, "--resume", short_run),
-        }
+        },
+        {"resumed": lambda: forge("train", full, "--resume", short_run)},
     )
     return {"root": root, "run": run, "short_run": short_run, "model_dir": model_dir, **trained, **calls}
 

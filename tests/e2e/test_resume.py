@@ -115,7 +115,7 @@ def resume(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
     previous = max(name for name in kill["checkpoints"] if name < newest)
-    changed_before = {p.name: sha256(p) for p in changed.iterdir() if p.is_file()}
+    changed_before = {p.name: sha256(p) for p in changed.iterdir() if p.is_file() and p.name != ".lock"}  # the lock records each writer
     warnings: list[str] = []
     kept = RunDir(terminated).load_checkpoint(warn=warnings.append) if terminated.is_dir() else None
     leftovers = plant_leftovers(killed)
@@ -169,7 +169,7 @@ def plant_leftovers(run: Path) -> list[str]:
 
 
 def hidden_entries(run: Path) -> list[str]:
-    return sorted(str(p.relative_to(run)) for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith("."))
+    return sorted(str(p.relative_to(run)) for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".") and p.name != ".lock")
 
 
 def assert_same_weights(run: Path, reference: Path) -> None:
@@ -250,7 +250,7 @@ def test_resume_with_a_changed_config_is_refused(resume: dict[str, Any]) -> None
     run = resume["changed"]
     line = assert_user_error(resume["changed_result"], str(run), "train.lr")
     assert "train.max_steps" in line, "the message says what may change"
-    after = {p.name: sha256(p) for p in run.iterdir() if p.is_file()}
+    after = {p.name: sha256(p) for p in run.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == resume["changed_before"], "the refused resume changed the run directory"
     assert not (run / "model.safetensors").exists()
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == resume["kill"]["checkpoints"]

@@ -21,7 +21,7 @@ import forgeml
 
 from helpers import BAD, GOOD, write_reviews  # tests/ is on sys.path (pyproject)
 
-from .support import assert_user_error, describe, forge, in_parallel, json_lines, read_json, write_yaml
+from .support import assert_user_error, describe, forge, in_parallel, in_parallel_groups, json_lines, read_json, write_yaml
 
 def write_series(path: Path, rows: int) -> Path:
     """A noiseless sine wave with a period of 12 rows, one value per line."""
@@ -71,12 +71,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     new_reviews = root / "new.csv"
     new_reviews.write_text("text\nwhat a superb and moving film\nthe plot was dull and tedious\n")
     history = write_series(root / "history.csv", 15)
-    after = in_parallel(
-        {
-            "predict_text": lambda: forge("predict", text_run, new_reviews),
+    after = in_parallel_groups(
+        {"predict_text": lambda: forge("predict", text_run, new_reviews)},
+        {  # evaluate writes into the run the prediction reads: one after the other
             "predict_series": lambda: forge("predict", series_run, history),
             "evaluate_series": lambda: forge("evaluate", series_run, "--json"),
-        }
+        },
     )
     # after the predictions: resuming rewrites the run they read
     after["resume_text"] = forge("train", text_config, "--resume", text_run, "--set", "train.epochs=32")

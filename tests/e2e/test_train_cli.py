@@ -64,11 +64,11 @@ def calls(digits_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> d
         csv_config("csv_img", csv, [IMAGE], {"type": "cnn", "blocks": [{"channels": 4}], "dense": [8]}),
     )
 
-    # a copy of the shared run, with a stray file, to be replaced by --overwrite
+    # a copy of the shared run, with what a killed write of it left, to be replaced by --overwrite
     overwritten = root / "overwritten"
     shutil.copytree(digits_run.path, overwritten)
-    (overwritten / "stale.txt").write_text("left over from the previous run\n")
-    before = {p.name: sha256(p) for p in digits_run.path.iterdir() if p.is_file()}
+    (overwritten / ".metrics.json.k2x9q0ab.tmp").write_text("left over from the previous run\n")
+    before = {p.name: sha256(p) for p in digits_run.path.iterdir() if p.is_file() and p.name != ".lock"}  # the lock records each writer
 
     cfg = digits_run.config
     out = {
@@ -214,14 +214,15 @@ def test_checkpoint_directories_get_the_same_permissions_as_the_run_directory(di
 def test_training_into_an_existing_run_directory_is_refused(digits_run: TrainedRun, calls: dict[str, Any]) -> None:
     line = assert_user_error(calls["again"], str(digits_run.path), "already exists")
     assert "--resume" in line and "--overwrite" in line
-    after = {p.name: sha256(p) for p in digits_run.path.iterdir() if p.is_file()}
+    after = {p.name: sha256(p) for p in digits_run.path.iterdir() if p.is_file() and p.name != ".lock"}
     assert after == calls["shared_before"], "the refused run changed the existing run directory"
 
 
 def test_overwrite_replaces_the_run_directory(calls: dict[str, Any]) -> None:
     result, run = calls["overwrite"], calls["overwritten"]
     assert result.returncode == 0, describe(result)
-    assert not (run / "stale.txt").exists(), "--overwrite kept a file of the old run"
+    assert not (run / ".metrics.json.k2x9q0ab.tmp").exists(), "--overwrite kept a file of the old run"
+    assert not (run.parent / f".{run.name}.replaced").exists(), "the old run was not removed"
     assert not (run / "evaluate.json").exists()
     assert read_json(run / "metrics.json")["training"]["steps"] == 2
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-000002"]

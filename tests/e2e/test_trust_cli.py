@@ -12,7 +12,7 @@ from helpers import review_classifier, write_reviews  # tests/ is on sys.path (p
 
 import forgeml
 
-from .support import TrainedRun, assert_user_error, describe, forge, in_parallel, read_json
+from .support import TrainedRun, assert_user_error, describe, forge, in_parallel_groups, read_json
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SEVEN = Path(__file__).resolve().parents[2] / "examples" / "data" / "digits" / "seven.png"
@@ -30,20 +30,22 @@ def calls(digits_run: TrainedRun, text_run: Path, tmp_path_factory: pytest.TempP
     run = digits_run.path
     notes = tmp_path_factory.mktemp("scrub") / "notes.csv"
     notes.write_text('id,text\n1,"write to jo@example.com, or call +44 20 7946 0958"\n2,version 1.2.3 costs $4.99\n')
-    return {"notes": notes} | in_parallel(
-        {
+    return {"notes": notes} | in_parallel_groups(
+        {  # one writer at a time on the digits run
             "pgd": lambda: forge("attack", run, "--eps", "0.1,0.3", "--steps", "3", "--n", "40"),
             "fgsm_json": lambda: forge("attack", run, "--method", "fgsm", "--norm", "l2", "--eps", "1", "--json"),
             "audit": lambda: forge("audit", run, "--membership"),
-            "text": lambda: forge("attack", text_run, "--eps", "0.5,2", "--steps", "3"),
             "bad_method": lambda: forge("attack", run, "--method", "cw"),
             "bad_eps": lambda: forge("attack", run, "--eps", "-0.1"),
-            "scrub": lambda: forge("data", "scrub", notes, "--column", "text"),
+            "explain_nothing": lambda: forge("explain", run),
             "explain": lambda: forge("explain", run, SEVEN, "--method", "saliency", "--target", "7"),
             "faithfulness": lambda: forge("explain", run, "--faithfulness", "--n", "30", "--methods", "ig,saliency"),
-            "explain_nothing": lambda: forge("explain", run),
+        },
+        {
+            "text": lambda: forge("attack", text_run, "--eps", "0.5,2", "--steps", "3"),
+            "scrub": lambda: forge("data", "scrub", notes, "--column", "text"),
             "scrub_bad_kind": lambda: forge("data", "scrub", notes, "--column", "text", "--kinds", "email,name"),
-        }
+        },
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO, run_cli, tiny_config, write_reviews
+from helpers import REPO, diverged_copy, run_cli, tiny_config, write_reviews
 from PIL import Image
 from serve_support import Server
 
@@ -72,6 +72,7 @@ def servers(runs: dict[str, Path], root: Path):
         "text": Server(runs["text"] / "export", "--max-text-chars", "200"),
         "line": Server(runs["line"], "--backend", "torch"),
         "busy": Server(runs["cnn"], "--max-queue", "1", "--timeout-s", "0.05", "--max-batch", "4096", "--max-body-bytes", "200MiB"),
+        "diverged": Server(diverged_copy(runs["cnn"], root / "diverged")),
     }
     try:
         yield {name: server.wait_ready() for name, server in started.items()}
@@ -257,7 +258,11 @@ def test_a_full_queue_is_429_at_once_and_a_slow_call_is_504(servers: dict[str, S
     assert set(statuses) <= {200, 429, 504} and 429 in statuses, statuses
     refused = next(body for status, body in answers if status == 429)
     assert refused == {"error": "the server is busy (1 requests waiting); retry shortly"}
-    status, body = server.post("/v1/predict", {"instances": [image] * 3000})
+    for _ in range(40):  # a request admitted above may still be encoding its 3,000 images: 429 says retry shortly
+        status, body = server.post("/v1/predict", {"instances": [image] * 3000})
+        if status != 429:
+            break
+        time.sleep(0.25)
     assert status == 504 and body == {"error": "no result within the server's timeout of 0.05 s"}
     assert server.get("/readyz")[0] == 200 and server.post("/v1/predict", {"instances": [image]})[0] in (200, 504)
 
@@ -316,6 +321,19 @@ def test_the_playground_predicts_in_headless_chromium(servers: dict[str, Server]
         capture_output=True, text=True, timeout=120,
     ).stdout
     assert f'<div id="label">{label}</div>' in dom and 'class="error"></div>' in dom, dom[-3000:]
+
+
+def test_a_model_whose_outputs_are_nan_answers_422_not_a_5xx(servers: dict[str, Server], runs: dict[str, Path], root: Path):
+    server = servers["diverged"]
+    image = b64(digit_pngs(runs["cnn"], root / "diverged_pngs", 1)[0])
+    for path, body in [
+        ("/v1/predict", {"instances": [{"image": image}]}),
+        ("/v2/models/diverged/infer", {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [image]}]}),
+    ]:
+        status, answer = server.post(path, body)
+        assert status == 422, answer
+        assert answer["error"] == "the model's outputs for these instances are not finite numbers (nan or inf), so there is no prediction"
+    assert server.get("/readyz")[0] == 200  # and it keeps serving
 
 
 def test_serve_refuses_a_bad_target_or_option_in_one_line(root: Path, runs: dict[str, Path]):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from forgeml import locks
 from forgeml.errors import DataError
 from forgeml.metrics import reliability
 from forgeml.plots import figure_png, pyplot
@@ -85,6 +86,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return min(max(temperature, MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
+@locks.writes_run
 def run(target: str | Path | Predictor, split: str = "validation", bins: int = 15, save: bool = True) -> CalibrationResult:
     """Fit a run's temperature on ``split`` and measure the calibration before and after.
 

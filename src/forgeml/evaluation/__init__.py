@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from forgeml import locks
 from forgeml.metrics import per_class_scores, persistence_scores, score
 from forgeml.predictor import Predictor, load
 from forgeml.training.loop import LANGUAGE_MODELLING, language_model_metrics
@@ -41,6 +42,7 @@ class EvaluationResult:
         return asdict(self)
 
 
+@locks.writes_run
 def run(target: str | Path | Predictor, split: str = "test", save: bool = True) -> EvaluationResult:
     """Evaluate a run (a directory or a loaded Predictor) on ``split``.
 

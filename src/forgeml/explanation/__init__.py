@@ -30,6 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from forgeml import locks
 from forgeml.attribution import METHODS, AttributionSpace, delete, per_feature
 from forgeml.errors import ConfigError, DataError
 from forgeml.plots import figure_png, pyplot
@@ -74,6 +75,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "_", Path(text).name)[-40:].strip("_") or "input"
 
 
+@locks.writes_run
 def run(
     target: str | Path | Predictor,
     inputs: Any,
@@ -306,6 +308,7 @@ def _area(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return ((curves[:, 1:] + curves[:, :-1]) / 2 * np.diff(fractions)).sum(axis=1)
 
 
+@locks.writes_run
 def faithfulness(
     target: str | Path | Predictor, methods: Optional[Sequence[str]] = None, limit: int = 200, split: str = "test", steps: int = 20, seed: int = 0, save: bool = True
 ) -> FaithfulnessResult:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from forgeml import locks
 from forgeml.errors import ExportError
 from forgeml.files import replace_dir, staging_dir
 from forgeml.metrics import score
@@ -73,6 +74,7 @@ class ExportResult:
         return asdict(self)
 
 
+@locks.writes_run
 def run(
     target: str | Path | Predictor,
     quantize: str = "none",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from forgeml import locks
 from forgeml.errors import DataError
 from forgeml.plots import figure_png, pyplot
 from forgeml.predictor import Predictor, load
@@ -75,6 +76,7 @@ def per_example_loss(predictor: Predictor, inputs: torch.Tensor, targets: torch.
     return ((outputs.squeeze(-1).double() - targets.double()) ** 2).numpy(), None
 
 
+@locks.writes_run
 def membership(target: str | Path | Predictor, held_out: str = "test", limit: Optional[int] = None, seed: int = 0, save: bool = True) -> MembershipResult:
     """Run the loss-threshold membership-inference attack on a run.
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from forgeml import locks
 from forgeml.errors import DataError
 from forgeml.files import atomic_write
 from forgeml.predictor import LANGUAGE_MODELLING, Predictor, load, model_sha256
@@ -57,6 +58,7 @@ class ReportResult:
     seconds: float
 
 
+@locks.writes_run
 def run(target: str | Path | Predictor, out: Optional[str | Path] = None) -> ReportResult:
     """Write the report of a run.
 

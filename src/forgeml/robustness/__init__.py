@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from forgeml import locks
 from forgeml.adversarial import Adversary, default_step, input_space
 from forgeml.errors import ConfigError, DataError
 from forgeml.plots import figure_png, pyplot
@@ -82,6 +83,7 @@ def parse_eps(text: str) -> list[float]:
     return values
 
 
+@locks.writes_run
 def run(
     target: str | Path | Predictor,
     method: str = "pgd",

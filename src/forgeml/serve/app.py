@@ -110,6 +110,8 @@ class ServerState:
         except asyncio.TimeoutError:
             future.cancel()  # the batch drops it; its model call, if running, finishes unseen
             raise HTTPException(504, f"no result within the server's timeout of {self.settings.timeout_s:g} s") from None
+        if not np.isfinite(outputs).all():  # diverged weights, or an input far outside the training data: no prediction, and no 5xx
+            raise HTTPException(422, "the model's outputs for these instances are not finite numbers (nan or inf), so there is no prediction")
         return model, outputs
 
 

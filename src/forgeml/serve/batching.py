@@ -77,7 +77,10 @@ class Batcher:
         """Admit a request (QueueFull when the queue is full): while it is encoded, the worker knows
         one more request is on its way and waits for it up to max_wait."""
         if len(self.waiting) + self.arriving >= self.max_queue:
-            raise QueueFull
+            # requests that timed out stay queued until the worker reaches them: they hold no place
+            self.waiting = collections.deque(item for item in self.waiting if not item.future.done())
+            if len(self.waiting) + self.arriving >= self.max_queue:
+                raise QueueFull
         self.arriving += 1
         try:
             yield

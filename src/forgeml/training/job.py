@@ -11,7 +11,9 @@ only rank 0 creates and writes the run directory and prints.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import shutil
 import sys
@@ -23,6 +25,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import save as save_tensors
 
+from forgeml import locks
 from forgeml.adversarial import Adversary, InputSpace, input_space
 from forgeml.config import config_to_dict, dump_config, load_config
 from forgeml.data.augment import Augmenter
@@ -123,13 +126,36 @@ def train(
     check_precision(device, cfg.train.precision)
     process = distributed.init_from_env(device)
     try:
-        result = _train_as(process, config, cfg, resolved, out, resume, overwrite, live_progress, quiet, command)
+        target = Path(resume) if resume is not None else run_path(cfg, out)
+        existed = target.exists()
+        with locks.writing(target, command, create=resume is None) if process.is_main else contextlib.nullcontext():
+            try:
+                result = _train_as(process, config, cfg, resolved, target, resume, overwrite, live_progress, quiet, command)
+            except BaseException:
+                if process.is_main and not existed and target.is_dir() and [p.name for p in target.iterdir()] == [locks.LOCK]:
+                    shutil.rmtree(target)  # refused before it began: the folder the lock made goes too
+                raise
         # every rank finished before any closes its connections: a gloo rank whose peer hangs up while
         # its last message is still in flight aborts ("terminate called without an active exception")
         distributed.barrier()
         return result
     finally:
         distributed.cleanup()
+
+
+def run_path(cfg: Any, out: str | Path | None) -> Path:
+    """Where a new run goes: ``out`` as given, or ``<output.dir>/<name>``, which must stay inside
+    output.dir (the name is one folder name; a link named like the run must not lead elsewhere).
+
+    Raises:
+        RunDirError: ``<output.dir>/<name>`` is a link.
+    """
+    if out is not None:
+        return Path(out)
+    path = Path(cfg.output.dir) / cfg.name
+    if path.is_symlink():
+        raise RunDirError(f"{path}: is a link (to {os.readlink(path)}); runs are written inside output.dir, so give --out to write elsewhere")
+    return path
 
 
 def per_rank_batch_size(batch_size: int | str, world_size: int) -> int | None:
@@ -177,7 +203,7 @@ def _train_as(
             echo(f"resuming {run.path} from checkpoint {name}")
     elif process.is_main:
         try:
-            run = RunDir.create(out if out is not None else Path(cfg.output.dir) / cfg.name, overwrite=overwrite)
+            run = RunDir.create(out, overwrite=overwrite)
         except BaseException:
             distributed.broadcast_object(None)  # let the other ranks stop too
             raise
@@ -190,17 +216,25 @@ def _train_as(
     if process.is_main:
         run.write_bytes("config.yaml", dump_config(cfg).encode())
     try:
-        return _train_in(run, cfg, process, resume_files, echo, live_progress, quiet, command)
+        result = _train_in(run, cfg, process, resume_files, echo, live_progress, quiet, command)
     except BaseException as exc:
         if not process.is_main:  # the run directory is rank 0's to keep or remove
             raise
         if resume is None and not run.checkpoint_names():
-            shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
-        elif run.checkpoint_names() and isinstance(exc, TrainingError):  # resumed as it is, it would diverge again at the same step
+            if run.replaced is not None:  # nothing of the new run is worth keeping: the one it replaced comes back
+                run.restore_replaced()
+            else:
+                shutil.rmtree(run.path, ignore_errors=True)  # nothing worth keeping: leave no half run behind
+            raise
+        run.drop_replaced()  # the new run has a checkpoint to resume from
+        if isinstance(exc, TrainingError) and run.checkpoint_names():  # resumed as it is, it would diverge again at the same step
             echo(f"the run keeps its checkpoints from before the loss diverged (the newest: {run.path / CHECKPOINTS / run.checkpoint_names()[0]})")
         elif run.checkpoint_names():
             echo(f"training stopped; continue it with: forgeml train {config if isinstance(config, (str, Path)) else 'CONFIG'} --resume {run.path}")
         raise
+    if process.is_main:
+        run.drop_replaced()
+    return result
 
 
 @dataclass
