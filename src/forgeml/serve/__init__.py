@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from typing import Any
 
 import uvicorn
 
+from forgeml.serve.mainthread import MainThreadExecutor
 from forgeml.serve.settings import ServeSettings
 
 SETTINGS_ENV = "FORGEML_SERVE_SETTINGS"  # how --workers N hands the settings to each worker process
 
 
-def build_app(settings: ServeSettings) -> Any:
-    """The application for ``settings`` (the model is loaded after start-up)."""
+def build_app(settings: ServeSettings, executor: Any = None) -> Any:
+    """The application for ``settings`` (the model is loaded after start-up, in ``executor``: see
+    ``create_app``)."""
     from forgeml.serve.app import create_app
     from forgeml.serve.model import load_model
 
-    return create_app(settings, lambda: load_model(settings.target, settings.backend, settings.name, settings.threads))
+    return create_app(settings, lambda: load_model(settings.target, settings.backend, settings.name, settings.threads), executor)
 
 
 def app_from_environment() -> Any:
@@ -56,10 +60,31 @@ def serve(settings: ServeSettings, on_listening: Any = None) -> None:
             workers=settings.workers, log_level="warning", access_log=False,
         )
         return
-    app = build_app(settings)
+    # the model works on this (the main) thread, where torch is fastest, and HTTP on another (serve.mainthread)
+    executor = MainThreadExecutor()
+    app = build_app(settings, executor)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False, lifespan="on")
     server = DrainingServer(config, app.state.server, on_listening)
-    server.run()
+    ended: list[BaseException] = []
+
+    def run_http() -> None:
+        try:
+            server.run()
+        except BaseException as exc:  # noqa: BLE001 - e.g. uvicorn's SystemExit(3) when the port is taken: raised again below
+            ended.append(exc)
+
+    http = threading.Thread(target=run_http, name="forgeml-http", daemon=True)
+    # uvicorn listens to signals only in the main thread: here they reach it through this handler
+    previous = {sig: signal.signal(sig, server.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        http.start()
+        executor.run(until=lambda: not http.is_alive())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    http.join()
+    if ended:
+        raise ended[0]
 
 
 class DrainingServer(uvicorn.Server):

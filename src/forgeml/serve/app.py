@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import time
+from concurrent.futures import Executor
 from importlib.resources import files
 from typing import Any, Callable, Optional, Union
 
@@ -65,9 +66,10 @@ class Metrics:
 class ServerState:
     """What the routes share: the settings, the model once loaded, the batcher, readiness."""
 
-    def __init__(self, settings: ServeSettings, load: Callable[[], ServedModel]):
+    def __init__(self, settings: ServeSettings, load: Callable[[], ServedModel], executor: Optional[Executor] = None):
         self.settings = settings
         self.load = load
+        self.executor = executor  # where the model loads and runs (None: threads of their own)
         self.model: Optional[Union[ServedModel, ServedLanguageModel]] = None
         self.batcher: Optional[Batcher] = None
         self.metrics = Metrics()
@@ -148,21 +150,23 @@ class Measured:
             self.metrics.latency.labels(label).observe(time.perf_counter() - started)
 
 
-def create_app(settings: ServeSettings, load: Callable[[], ServedModel]) -> FastAPI:
-    """The application; ``load()`` loads the model, in a thread after start-up (readyz is 503 until then)."""
-    state = ServerState(settings, load)
+def create_app(settings: ServeSettings, load: Callable[[], ServedModel], executor: Optional[Executor] = None) -> FastAPI:
+    """The application; ``load()`` loads the model after start-up (readyz is 503 until then), in
+    ``executor`` (``forgeml serve`` passes its main thread's) or a thread of its own, where the
+    model's calls run too."""
+    state = ServerState(settings, load, executor)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         def loaded(model: Union[ServedModel, ServedLanguageModel]) -> None:
             if isinstance(model, ServedModel):  # a language model generates request by request instead
-                state.batcher = Batcher(model.run_outputs, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, state.metrics.batch.observe)
+                state.batcher = Batcher(model.run_outputs, settings.max_batch, settings.max_wait_ms / 1000, settings.max_queue, state.metrics.batch.observe, executor)
                 state.batcher.start()
             state.model = model
 
         async def loading() -> None:
             try:
-                model = await asyncio.get_running_loop().run_in_executor(None, load)
+                model = await asyncio.get_running_loop().run_in_executor(executor, load)
             except ForgeError as exc:
                 state.failed = str(exc)
                 return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -35,14 +35,19 @@ class Batcher:
     """Gathers concurrent requests into model calls of at most ``max_batch`` rows.
 
     Args:
-        run: encoded rows (N x ...) -> outputs (N x ...), the model call; run in one dedicated thread.
+        run: encoded rows (N x ...) -> outputs (N x ...), the model call; run in ``executor``, by
+            default one dedicated thread.
         max_batch: most rows per call (a single larger request still runs, alone).
         max_wait: seconds the first request of a batch waits for others.
         max_queue: requests that may wait; one more raises QueueFull.
         observe: called with each batch's row count (the batch-size histogram).
+        executor: where model calls run, one at a time (default: a thread of the Batcher's own).
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float, max_queue: int, observe: Optional[Callable[[int], None]] = None):
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float, max_queue: int,
+        observe: Optional[Callable[[int], None]] = None, executor: Optional[Executor] = None,
+    ):
         self.run = run
         self.max_batch = max_batch
         self.max_wait = max_wait
@@ -51,7 +56,8 @@ class Batcher:
         self.waiting: collections.deque[_Item] = collections.deque()
         self.arriving = 0  # requests admitted and still being encoded: worth waiting for
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="forgeml-model")
+        self._owns_executor = executor is None  # forgeml serve hands in its main thread's (serve.mainthread)
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="forgeml-model")
         self._worker: Optional[asyncio.Task] = None
 
     @property
@@ -70,7 +76,8 @@ class Batcher:
         for item in self.waiting:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)
 
     @contextlib.contextmanager
     def admission(self):

@@ -213,7 +213,10 @@ def add_openai_routes(app: FastAPI, state: Any) -> None:
             except Exception as exc:  # noqa: BLE001 - handed to the request, which answers for it
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        threading.Thread(target=work, daemon=True, name="forgeml-generate").start()
+        if state.executor is not None:  # forgeml serve: the main thread, where torch runs fastest
+            state.executor.submit(work)
+        else:
+            threading.Thread(target=work, daemon=True, name="forgeml-generate").start()
         try:
             while True:
                 item = await queue.get()
