@@ -127,11 +127,7 @@ def writing(path: str | Path, command: Optional[Sequence[str]] = None, create: b
     if held is not None:
         if not held.exclusive:
             raise RunDirError(f"{path}: this process reads the run and cannot also write it")
-        held.depth += 1
-        try:
-            yield
-        finally:
-            held.depth -= 1
+        yield from _again(held)
         return
     if create:
         path.mkdir(parents=True, exist_ok=True)
@@ -165,11 +161,7 @@ def reading(path: str | Path) -> Iterator[None]:
     key = _key(path)
     held = _held.get(key)
     if held is not None:
-        held.depth += 1
-        try:
-            yield
-        finally:
-            held.depth -= 1
+        yield from _again(held)
         return
     if not _is_run(path):  # not a run: the reader's own check says so
         yield
@@ -187,6 +179,15 @@ def reading(path: str | Path) -> Iterator[None]:
         os.close(fd)
         raise RunDirError(f"{path}: being written by {_describe(path)}; wait for it to finish") from None
     yield from _hold(key, _Held(fd, False, 1, None))
+
+
+def _again(held: _Held) -> Iterator[None]:
+    """A lock this process holds, taken once more (released with the outermost)."""
+    held.depth += 1
+    try:
+        yield
+    finally:
+        held.depth -= 1
 
 
 def _hold(key: str, held: _Held) -> Iterator[None]:
