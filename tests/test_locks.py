@@ -149,6 +149,14 @@ def test_every_folder_forgeml_writes_into_a_run_is_its_own(tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_a_folder_of_other_files_is_not_offered_to_overwrite(tmp_path: Path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "thesis.tex").write_text("years of work")
+    with pytest.raises(RunDirError) as refused:
+        RunDir.create(tmp_path / "home")
+    assert str(refused.value) == f"{tmp_path / 'home'}: exists and holds files, but is not a forgeml run directory; choose another with --out"
+
+
 def test_someone_elses_config_yaml_is_not_a_run(tmp_path: Path):
     folder = tmp_path / "project"
     folder.mkdir()

@@ -69,6 +69,8 @@ class RunDir:
             raise RunDirError(f"{path}: exists and is not a directory")
         replaced = None
         if path.is_dir() and any(entry.name != LOCK for entry in path.iterdir()):
+            if not overwrite and not (path / "config.yaml").is_file():  # offer --overwrite only for a run
+                raise RunDirError(f"{path}: exists and holds files, but is not a forgeml run directory; choose another with --out")
             if not overwrite:
                 raise RunDirError(
                     f"{path}: the run directory already exists; continue it with --resume {path}, "
