@@ -147,16 +147,22 @@ def diverged_copy(run: Path, out: Path) -> Path:
     return out
 
 
-def line_config(**train: Any) -> dict[str, Any]:
-    """A linear regression on 60 points of y = 3x + 1 (an inline source), trained by full-batch SGD
-    for 40 steps, checkpointed every 4; ``train`` keys replace those. With lr 10 it diverges: on
-    standardised data each step multiplies the error by -19, and the loss overflows at step 16."""
+def line_data(test: float = 0.3) -> dict[str, Any]:
+    """The ``data`` section of 60 points of y = 3x + 1 in x from -2 to 2 (an inline source): x the
+    one number feature, y the target, 20% held out for validation and ``test`` for test."""
     x = np.linspace(-2, 2, 60)
-    data = {
+    return {
         "source": {"type": "inline", "columns": {"x": x.round(3).tolist(), "y": (3 * x + 1).round(3).tolist()}},
         "features": [{"type": "number", "name": "x"}],
         "target": {"type": "number", "name": "y"},
-        "split": {"validation": 0.2, "test": 0.2},
+        "split": {"validation": 0.2, "test": test},
     }
+
+
+def line_config(**train: Any) -> dict[str, Any]:
+    """A linear regression on ``line_data`` (test 20%), trained by full-batch SGD for 40 steps,
+    checkpointed every 4; ``train`` keys replace those. With lr 10 it diverges: on standardised
+    data each step multiplies the error by -19, and the loss overflows at step 16."""
+    data = line_data(test=0.2)
     settings = {"optimizer": "sgd", "lr": 0.1, "batch_size": "full", "epochs": 40, "checkpoint_every": 4, **train}
     return tiny_config(name="line", data=data, model={"type": "linear"}, train=settings)

@@ -323,10 +323,7 @@ def _read_checkpoint(path: Path) -> tuple[str | None, dict[str, bytes]]:
 
 # What forgeml writes at the top of a run besides the files its manifest lists: what an unfinished
 # run holds before its manifest exists, and the folders of the stages
-RUN_FILES = {
-    "config.yaml", "features.json", "tokenizer.json", "base_model.json", "model.safetensors", "metrics.json",
-    MANIFEST, HISTORY, LOCK, "pipeline.json", "report.html", "report.json",
-}
+OWN_FILES = {*REQUIRED_FILES, "tokenizer.json", "base_model.json", MANIFEST, HISTORY, LOCK, "pipeline.json", "report.html", "report.json"}
 RUN_FOLDERS = {CHECKPOINTS, "export", "explanations", "tokens", ".tokens.tmp"}  # tokens: a language model's encoded corpus
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}(\.tmp)?")  # files.atomic_write's and staging_dir's names
 
@@ -353,7 +350,7 @@ def check_replaceable(path: Path) -> None:
     foreign = sorted(
         entry.name + ("/" if entry.is_dir() else "")
         for entry in path.iterdir()
-        if not (entry.name in listed or entry.name in RUN_FILES or _TEMPORARY.fullmatch(entry.name)
+        if not (entry.name in listed or entry.name in OWN_FILES or _TEMPORARY.fullmatch(entry.name)
                 or (entry.name in RUN_FOLDERS and entry.is_dir() and not entry.is_symlink()))
     )
     if foreign:

@@ -15,7 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import diverged_copy, run_cli, tiny_config, write_reviews
+from helpers import diverged_copy, line_data, run_cli, tiny_config, write_reviews
 from onnx import numpy_helper
 
 import forgeml
@@ -151,13 +151,7 @@ def test_a_packed_lstm_is_refused_by_name(root: Path, reviews: dict):
 
 
 def test_a_regressor_is_checked_by_its_mse(tmp_path: Path):
-    x = np.linspace(-2, 2, 60)
-    data = {
-        "source": {"type": "inline", "columns": {"x": x.round(3).tolist(), "y": (3 * x + 1).round(3).tolist()}},
-        "features": [{"type": "number", "name": "x"}],
-        "target": {"type": "number", "name": "y"},
-        "split": {"validation": 0.2, "test": 0.3},
-    }
+    data = line_data()
     run = forgeml.train(tiny_config(data=data, model={"type": "linear"}, train=STEPS), out=tmp_path / "linear", quiet=True).run_dir
     result = export(run, quantize="int8", tolerance=10.0, repeats=1)
     assert [r["metric_name"] for r in result.rows] == ["mse"] * 3 and result.rows[1]["max_abs_diff"] < 1e-4

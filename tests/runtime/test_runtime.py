@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO, tiny_config, write_reviews
+from helpers import REPO, line_data, tiny_config, write_reviews
 from PIL import Image
 
 import forgeml
@@ -63,13 +63,7 @@ def bundles(root: Path) -> dict[str, Path]:
         "target": {"type": "category", "name": "label"},
         "split": {"validation": 0.2, "test": 0.3},
     }
-    x = np.linspace(-2, 2, 60)
-    line = {
-        "source": {"type": "inline", "columns": {"x": x.round(3).tolist(), "y": (3 * x + 1).round(3).tolist()}},
-        "features": [{"type": "number", "name": "x"}],
-        "target": {"type": "number", "name": "y"},
-        "split": {"validation": 0.2, "test": 0.3},
-    }
+    line = line_data()
     configs = {
         "cnn": tiny_config(),
         "table": tiny_config(data={"source": "breast_cancer", "split": {"validation": 0.15, "test": 0.2}}, model={"type": "mlp", "hidden": [8]}, train=STEPS),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO, diverged_copy, run_cli, tiny_config, write_reviews
+from helpers import REPO, diverged_copy, line_data, run_cli, tiny_config, write_reviews
 from PIL import Image
 from serve_support import Server
 
@@ -47,13 +47,7 @@ def runs(root: Path) -> dict[str, Path]:
         "target": {"type": "category", "name": "label"},
         "split": {"validation": 0.2, "test": 0.3},
     }
-    x = np.linspace(-2, 2, 60)
-    line = {
-        "source": {"type": "inline", "columns": {"x": x.round(3).tolist(), "y": (3 * x + 1).round(3).tolist()}},
-        "features": [{"type": "number", "name": "x"}],
-        "target": {"type": "number", "name": "y"},
-        "split": {"validation": 0.2, "test": 0.3},
-    }
+    line = line_data()
     out = {
         "cnn": forgeml.train(tiny_config(), out=root / "cnn", quiet=True).run_dir,
         "text": forgeml.train(tiny_config(data=reviews, model={"type": "textcnn", "embedding_dim": 8, "filters": 8, "kernels": [2, 3]}, train=STEPS), out=root / "text", quiet=True).run_dir,
